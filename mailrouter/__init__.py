@@ -1,0 +1,1 @@
+"""mailrouter: an asyncio mail-application server with Lamson-style routing."""

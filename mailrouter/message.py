@@ -1,0 +1,159 @@
+"""MailRequest: one received message, its SMTP envelope and its lazily parsed content."""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Iterator, Sequence
+from email import message_from_bytes, policy
+from email.message import EmailMessage, Message
+from typing import Any
+
+Peer = Any  # a (host, port) tuple for TCP, a path string for a Unix socket, or None
+
+
+def normalize_address(address: str) -> str:
+    """The bare, case-folded address in ``address``: ``Joe <JOE@x.org>`` -> ``joe@x.org``.
+
+    The null sender (``<>`` or empty) normalises to ``""``.
+    """
+    text = address.strip()
+    if text in ("", "<>"):
+        return ""
+    _, bare = email.utils.parseaddr(text)
+    if not bare:
+        bare = text.strip("<>").strip()
+    return bare.casefold()
+
+
+class _Parsed:
+    """The parse of a message's bytes, done once and shared by every view of that message."""
+
+    __slots__ = ("message",)
+
+    def __init__(self) -> None:
+        self.message: EmailMessage | None = None
+
+
+class MailRequest:
+    """A received message: envelope (peer, sender, recipients) plus the original bytes.
+
+    The bytes are kept exactly as received in ``data``; the parsed ``EmailMessage`` is built on
+    first access (most handlers only look at the envelope) and reused afterwards. Nothing in here
+    raises on broken input: malformed MIME is reported by the ``email`` package as defects.
+    """
+
+    __slots__ = ("_parsed", "data", "peer", "recipient", "recipients", "sender")
+
+    def __init__(
+        self,
+        peer: Peer,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        recipient: str | None = None,
+    ) -> None:
+        self.peer = peer
+        self.sender = sender
+        self.recipients = list(recipients)
+        self.data = bytes(data)
+        self.recipient = recipient if recipient is not None else (
+            self.recipients[0] if self.recipients else ""
+        )
+        self._parsed = _Parsed()
+
+    def for_recipient(self, recipient: str) -> MailRequest:
+        """A view of this message while it is routed to ``recipient`` (the parse is shared)."""
+        view = MailRequest.__new__(MailRequest)
+        view.peer, view.sender, view.recipients = self.peer, self.sender, self.recipients
+        view.data, view._parsed, view.recipient = self.data, self._parsed, recipient
+        return view
+
+    @property
+    def route_from(self) -> str:
+        """The normalised envelope sender: the identity a conversation's state is kept under."""
+        return normalize_address(self.sender)
+
+    @property
+    def message(self) -> EmailMessage:
+        """The parsed message (``email.policy.default``), parsed on first access."""
+        parsed = self._parsed.message
+        if parsed is None:
+            parsed = message_from_bytes(self.data, policy=policy.default)  # type: ignore[assignment]
+            assert isinstance(parsed, EmailMessage)
+            self._parsed.message = parsed
+        return parsed
+
+    def __getitem__(self, name: str) -> str | None:
+        """The first header named ``name`` as a string, or None (``msg["Subject"]``)."""
+        return self.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.message
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first header named ``name`` as a string; ``default`` when absent."""
+        try:
+            value = self.message.get(name)
+        except Exception:  # a header the parser cannot model: fall back to its raw text
+            value = _raw_header(self.message, name)
+        return default if value is None else str(value)
+
+    def get_all(self, name: str) -> list[str]:
+        """Every header named ``name``, in order, as strings."""
+        try:
+            return [str(value) for value in self.message.get_all(name, [])]
+        except Exception:
+            raw = _raw_header(self.message, name)
+            return [] if raw is None else [raw]
+
+    def keys(self) -> list[str]:
+        """The header names, in order."""
+        return list(self.message.keys())
+
+    def body(self, preferencelist: Sequence[str] = ("plain", "html")) -> str | None:
+        """The text of the main body part (plain text preferred), or None if there is none."""
+        try:
+            part = self.message.get_body(preferencelist=tuple(preferencelist))
+        except Exception:
+            return None
+        if part is None:
+            return None
+        try:
+            content = part.get_content()
+        except Exception:  # an unknown charset or a broken transfer encoding: decode leniently
+            payload = part.get_payload(decode=True)
+            return payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else None
+        return content if isinstance(content, str) else None
+
+    def walk(self) -> Iterator[Message]:
+        """Every MIME part of the message, depth first, the message itself first."""
+        return self.message.walk()
+
+    def attachments(self) -> Iterator[EmailMessage]:
+        """The parts that are attachments rather than the body."""
+        try:
+            yield from self.message.iter_attachments()  # type: ignore[misc]
+        except Exception:
+            return
+
+    def is_bounce(self) -> bool:
+        """True for the null sender ``<>`` or a delivery-status report (RFC 3464)."""
+        if self.route_from == "":
+            return True
+        content_type = self.message.get_content_type()
+        report_type = self.message.get_param("report-type", "", header="content-type")
+        return content_type == "multipart/report" and str(report_type).lower() == "delivery-status"
+
+    def __repr__(self) -> str:
+        return (
+            f"MailRequest(peer={self.peer!r}, sender={self.sender!r}, "
+            f"recipients={self.recipients!r}, {len(self.data)} bytes)"
+        )
+
+
+def _raw_header(message: Message, name: str) -> str | None:
+    """The unparsed value of header ``name`` (used when structured parsing fails)."""
+    for key, value in message.raw_items():  # type: ignore[attr-defined]
+        if key.lower() == name.lower():
+            return str(value)
+    return None
