@@ -1,1 +1,33 @@
-"""mailrouter: an asyncio mail-application server with Lamson-style routing."""
+"""mailrouter: an asyncio mail-application server with Lamson-style routing.
+
+Handler modules declare routes with the decorators; a ``Router`` loads them and delivers
+``MailRequest`` objects to them according to the recipient address and the sender's state.
+"""
+
+from __future__ import annotations
+
+from .errors import MailRouterError, SMTPError
+from .message import MailRequest
+from .routes import nolocking, route, route_like, state_key_generator, stateless
+from .routing import DeliveryResult, Reply, Router
+from .state import ERROR, START, StateStorage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ERROR",
+    "START",
+    "DeliveryResult",
+    "MailRequest",
+    "MailRouterError",
+    "Reply",
+    "Router",
+    "SMTPError",
+    "StateStorage",
+    "__version__",
+    "nolocking",
+    "route",
+    "route_like",
+    "state_key_generator",
+    "stateless",
+]

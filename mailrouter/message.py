@@ -56,8 +56,8 @@ class MailRequest:
         self.sender = sender
         self.recipients = list(recipients)
         self.data = bytes(data)
-        self.recipient = recipient if recipient is not None else (
-            self.recipients[0] if self.recipients else ""
+        self.recipient = (
+            recipient if recipient is not None else (self.recipients[0] if self.recipients else "")
         )
         self._parsed = _Parsed()
 
@@ -78,7 +78,7 @@ class MailRequest:
         """The parsed message (``email.policy.default``), parsed on first access."""
         parsed = self._parsed.message
         if parsed is None:
-            parsed = message_from_bytes(self.data, policy=policy.default)  # type: ignore[assignment]
+            parsed = message_from_bytes(self.data, policy=policy.default)
             assert isinstance(parsed, EmailMessage)
             self._parsed.message = parsed
         return parsed
@@ -132,7 +132,7 @@ class MailRequest:
     def attachments(self) -> Iterator[EmailMessage]:
         """The parts that are attachments rather than the body."""
         try:
-            yield from self.message.iter_attachments()  # type: ignore[misc]
+            yield from self.message.iter_attachments()
         except Exception:
             return
 
@@ -153,7 +153,7 @@ class MailRequest:
 
 def _raw_header(message: Message, name: str) -> str | None:
     """The unparsed value of header ``name`` (used when structured parsing fails)."""
-    for key, value in message.raw_items():  # type: ignore[attr-defined]
+    for key, value in message.raw_items():
         if key.lower() == name.lower():
             return str(value)
     return None

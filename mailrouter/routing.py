@@ -1,0 +1,381 @@
+"""The Router: loads handler modules, matches recipients, runs the per-sender state machines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from concurrent.futures import Executor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Literal
+
+from .errors import LoadError, QueueError, QueueFullError, SMTPError, Status
+from .message import MailRequest, normalize_address
+from .queue import Queue
+from .routes import Handler, Route, RouteTable, build_table
+from .state import ERROR, MemoryStorage, StateStorage
+
+log = logging.getLogger(__name__)
+
+LockScope = Literal["key", "global"]
+
+
+@dataclass(frozen=True)
+class Match:
+    """A handler whose route matches an address, with the captured values."""
+
+    route: Route
+    handler: Handler
+    captures: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The SMTP reply for one envelope recipient."""
+
+    recipient: str
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What ``Router.deliver`` did: one reply per envelope recipient, and the queueing."""
+
+    replies: tuple[Reply, ...]
+    queue_key: str | None = None
+    reasons: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def queued(self) -> bool:
+        """Whether the message was pushed to the undeliverable queue."""
+        return self.queue_key is not None
+
+    def first_refusal(self) -> Reply | None:
+        """The first non-2xx reply, if any (what a plain SMTP session answers)."""
+        return next((reply for reply in self.replies if reply.code >= 300), None)
+
+
+class _HandlerFailed(Exception):
+    """A handler raised (anything but SMTPError) or returned something that is not a state."""
+
+    def __init__(self, handler: Handler, reason: str) -> None:
+        super().__init__(reason)
+        self.handler = handler
+        self.reason = reason
+
+
+@dataclass
+class _Outcome:
+    """How routing one recipient went."""
+
+    matched: bool = False
+    handled: bool = False
+    stateful_done: bool = False
+    refusal: SMTPError | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def queue_reason(self) -> str | None:
+        """Why this recipient's copy goes to the undeliverable queue, or None if it does not."""
+        if self.refusal is not None:
+            return None
+        if self.failures:
+            return "; ".join(self.failures)
+        if not self.handled:
+            return "no handler for the sender's state" if self.matched else "no route"
+        return None
+
+
+class Router:
+    """Routes messages to handler functions by recipient address and the sender's state."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStorage | None = None,
+        undeliverable: Queue | None = None,
+        defaults: Mapping[str, str] | None = None,
+        lock_scope: LockScope = "key",
+        executor: Executor | None = None,
+    ) -> None:
+        if lock_scope not in ("key", "global"):
+            raise ValueError(f"lock_scope must be 'key' or 'global', not {lock_scope!r}")
+        self.store: StateStorage = store if store is not None else MemoryStorage()
+        self.undeliverable = undeliverable
+        self.defaults: dict[str, str] = dict(defaults or {})
+        self.lock_scope = lock_scope
+        self.executor = executor
+        self._table = RouteTable()
+        self._global_lock = threading.Lock()
+        self._loading = threading.Lock()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The loaded handler modules, in load order."""
+        return self._table.modules
+
+    def load(self, names: Iterable[str]) -> None:
+        """Import handler modules by name and add their routes (after those already loaded)."""
+        with self._loading:
+            new = [name for name in dict.fromkeys(names) if name not in self._table.modules]
+            modules = [sys.modules[name] for name in self._table.modules]
+            modules += [_import(name) for name in new]
+            self._table = build_table(modules, self.defaults)
+
+    def reload(self) -> None:
+        """Re-import every loaded module and rebuild the routes; states are kept.
+
+        If any module fails to re-import or to compile, the old routes stay in place and a
+        ``LoadError`` (or ``RouteError``) says why.
+        """
+        with self._loading:
+            importlib.invalidate_caches()
+            modules = []
+            for name in self._table.modules:
+                try:
+                    modules.append(importlib.reload(sys.modules[name]))
+                except Exception as exc:
+                    raise LoadError(
+                        f"cannot reload handler module {name!r}: {_describe(exc)}"
+                    ) from exc
+            self._table = build_table(modules, self.defaults)
+
+    # -- inspection ------------------------------------------------------------------------
+
+    def routes(self) -> tuple[Route, ...]:
+        """The compiled routes in match order."""
+        return self._table.routes
+
+    def match(self, address: str) -> list[Match]:
+        """Every handler whose route matches ``address``, in match order, whatever the state."""
+        address = normalize_address(address)
+        found: list[Match] = []
+        for route in self._table.routes:
+            hit = route.regex.fullmatch(address)
+            if hit:
+                captures = hit.groupdict()
+                found.extend(Match(route, handler, captures) for handler in route.handlers)
+        return found
+
+    def plan(self, address: str, sender: str = "") -> list[Match]:
+        """The handlers that would run for mail from ``sender`` to ``address`` right now."""
+        probe = MailRequest(None, sender, [address], b"")
+        chosen, stateful_found = [], False
+        for found in self.match(address):
+            if found.handler.stateless:
+                chosen.append(found)
+            elif not stateful_found and self._in_state(found.handler, probe):
+                chosen.append(found)
+                stateful_found = True
+        return chosen
+
+    # -- state -----------------------------------------------------------------------------
+
+    def state_key(self, module_name: str, message: MailRequest) -> str:
+        """The key the module's state is stored under (its name unless it has a generator)."""
+        generator = self._table.state_keys.get(module_name)
+        return module_name if generator is None else str(generator(module_name, message))
+
+    def get_state(self, module_name: str, message: MailRequest) -> str:
+        """The state ``module_name`` is in for the message's sender."""
+        return self.store.get(self.state_key(module_name, message), message.route_from)
+
+    def set_state(self, module_name: str, message: MailRequest, state: str) -> None:
+        """Put ``module_name`` into ``state`` for the message's sender."""
+        self.store.set(self.state_key(module_name, message), message.route_from, state)
+
+    def clear_states(self) -> None:
+        """Forget every sender's state."""
+        self.store.clear()
+
+    def _in_state(self, handler: Handler, message: MailRequest) -> bool:
+        return self.get_state(handler.module, message) == handler.name
+
+    # -- delivery --------------------------------------------------------------------------
+
+    async def deliver(self, message: MailRequest) -> DeliveryResult:
+        """Route ``message`` to every envelope recipient's handlers; queue what none handled.
+
+        Handler errors never escape: they become replies and queue entries. Errors of the state
+        store or the event loop do escape, and the caller answers with a temporary failure.
+        """
+        outcomes: dict[str, _Outcome] = {}
+        for recipient in message.recipients:
+            address = normalize_address(recipient)
+            if address not in outcomes:
+                outcomes[address] = await self._route(message.for_recipient(recipient), address)
+        reasons = {
+            rcpt: reason
+            for rcpt in message.recipients
+            if (reason := outcomes[normalize_address(rcpt)].queue_reason) is not None
+        }
+        queue_key, queue_error = None, None
+        if reasons and self.undeliverable is not None:
+            try:
+                queue_key = await self._blocking(self.undeliverable.push, message, reasons)
+                log.info("queued %s from %r: %s", queue_key, message.sender, reasons)
+            except QueueError as exc:
+                log.error("cannot queue message from %r: %s", message.sender, exc)
+                queue_error = exc
+        replies = tuple(
+            _reply(rcpt, outcomes[normalize_address(rcpt)], queue_key, queue_error)
+            for rcpt in message.recipients
+        )
+        return DeliveryResult(replies, queue_key, reasons)
+
+    async def _route(self, message: MailRequest, address: str) -> _Outcome:
+        outcome = _Outcome()
+        for found in self.match(address):
+            outcome.matched = True
+            handler = found.handler
+            if outcome.stateful_done and not handler.stateless:
+                continue
+            try:
+                took = await self._attempt(handler, message, found.captures)
+            except SMTPError as refusal:
+                log.info(
+                    "%s refused %r from %r: %s", handler.qualname, address, message.sender, refusal
+                )
+                outcome.refusal = refusal
+                return outcome
+            except _HandlerFailed as failure:
+                log.error(
+                    "handler %s failed for %r from %r",
+                    handler.qualname,
+                    address,
+                    message.sender,
+                    exc_info=failure.__cause__,
+                )
+                outcome.failures.append(failure.reason)
+                outcome.stateful_done = outcome.stateful_done or not handler.stateless
+                continue
+            if took:
+                outcome.handled = True
+                outcome.stateful_done = outcome.stateful_done or not handler.stateless
+        return outcome
+
+    async def _attempt(
+        self, handler: Handler, message: MailRequest, captures: Mapping[str, str]
+    ) -> bool:
+        """Run ``handler`` under its lock if it applies in the sender's state; False if not."""
+        key = self.state_key(handler.module, message)
+        if not handler.is_async:
+            took: bool = await self._blocking(self._attempt_sync, handler, key, message, captures)
+            return took
+        async with self._held(self._lock_for(handler, key, message)):
+            if not handler.stateless:
+                state = await self._blocking(self.store.get, key, message.route_from)
+                if state != handler.name:
+                    return False
+            try:
+                result = await handler.func(message, **captures)
+            except SMTPError:
+                raise
+            except Exception as exc:
+                raise await self._blocking(self._failure, handler, key, message, exc) from exc
+            await self._blocking(self._transition, handler, key, message, result)
+        return True
+
+    def _attempt_sync(
+        self, handler: Handler, key: str, message: MailRequest, captures: Mapping[str, str]
+    ) -> bool:
+        with self._lock_for(handler, key, message):
+            if not handler.stateless and self.store.get(key, message.route_from) != handler.name:
+                return False
+            try:
+                result = handler.func(message, **captures)
+            except SMTPError:
+                raise
+            except Exception as exc:
+                raise self._failure(handler, key, message, exc) from exc
+            self._transition(handler, key, message, result)
+        return True
+
+    def _failure(
+        self, handler: Handler, key: str, message: MailRequest, exc: Exception
+    ) -> _HandlerFailed:
+        """Put the handler's module into ERROR for this sender; the failure to raise."""
+        self.store.set(key, message.route_from, ERROR)
+        return _HandlerFailed(handler, f"handler {handler.qualname} failed: {_describe(exc)}")
+
+    def _transition(self, handler: Handler, key: str, message: MailRequest, result: object) -> None:
+        """Apply a stateful handler's return value: a handler function names the next state."""
+        if handler.stateless or result is None:
+            return
+        module, name = getattr(result, "__module__", None), getattr(result, "__name__", None)
+        if not callable(result) or not isinstance(module, str) or not isinstance(name, str):
+            problem = TypeError(f"returned {result!r}, not a handler function or None")
+            raise self._failure(handler, key, message, problem) from problem
+        self.store.set(self.state_key(module, message), message.route_from, name)
+
+    def _lock_for(
+        self, handler: Handler, key: str, message: MailRequest
+    ) -> AbstractContextManager[Any]:
+        if handler.nolocking:
+            return contextlib.nullcontext()
+        if self.lock_scope == "global":
+            return self._global_lock
+        return self.store.lock(key, message.route_from)
+
+    @contextlib.asynccontextmanager
+    async def _held(self, lock: AbstractContextManager[Any]) -> AsyncIterator[None]:
+        """Hold a blocking lock from async code, taking it in the executor."""
+        acquiring = asyncio.ensure_future(self._blocking(lock.__enter__))
+
+        def release_if_taken(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                lock.__exit__(None, None, None)
+
+        try:
+            await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            acquiring.add_done_callback(release_if_taken)
+            raise
+        try:
+            yield
+        finally:
+            await self._blocking(lock.__exit__, None, None, None)
+
+    async def _blocking(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+
+
+def _reply(
+    recipient: str, outcome: _Outcome, queue_key: str | None, queue_error: QueueError | None
+) -> Reply:
+    if outcome.refusal is not None:
+        return Reply(recipient, outcome.refusal.code, outcome.refusal.message)
+    if outcome.queue_reason is None:
+        return Reply(recipient, Status.OK, "2.0.0 Message accepted")
+    if queue_key is not None:
+        return Reply(recipient, Status.OK, f"2.0.0 Message queued as {queue_key}")
+    if isinstance(queue_error, QueueFullError):
+        return Reply(
+            recipient, Status.INSUFFICIENT_STORAGE, "4.3.1 Insufficient storage, try again later"
+        )
+    if queue_error is not None or outcome.failures:
+        return Reply(recipient, Status.LOCAL_ERROR, "4.3.0 Temporary failure, try again later")
+    return Reply(recipient, Status.MAILBOX_UNAVAILABLE, f"5.1.1 No route for <{recipient}>")
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise LoadError(f"cannot import handler module {name!r}: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
