@@ -1,0 +1,176 @@
+"""Settings: ``config/mailrouter.toml`` parsed into a frozen dataclass, with overrides.
+
+Precedence, lowest first: built-in defaults, the TOML file, ``MAILROUTER_*`` environment
+variables, command-line options. Relative paths are resolved against the project folder (the
+parent of the config folder), so ``run/`` and ``logs/`` sit beside ``config/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+from .errors import MailRouterError
+
+CONFIG_FILE = "mailrouter.toml"
+HANDLERS_DIR = "handlers"
+ENV_PREFIX = "MAILROUTER_"
+
+
+class ConfigError(MailRouterError):
+    """The settings are invalid: an unknown key, a wrong type or value, a bad import string."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a mailrouter instance, with its default."""
+
+    host: str = "127.0.0.1"
+    port: int = 8825
+    unix_socket: str = ""
+    protocol: Literal["smtp", "lmtp"] = "smtp"
+    hostname: str = ""
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 1000
+    idle_timeout: float = 300.0
+    reject_unroutable: bool = False
+    handlers: tuple[str, ...] = ()
+    defaults: Mapping[str, str] = field(default_factory=dict)
+    lock_scope: Literal["key", "global"] = "key"
+    executor_threads: int = 16
+    state_url: str = "shelve://run/state.db"
+    undeliverable: str = "run/undeliverable"
+    pid_file: str = "run/mailrouter.pid"
+    log_file: str = "logs/mailrouter.log"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    user: str = ""
+    group: str = ""
+    allow_root: bool = False
+    drain_timeout: float = 30.0
+    config_dir: str = "config"
+
+    @property
+    def root(self) -> Path:
+        """The project folder: relative paths in the settings are relative to it."""
+        return Path(self.config_dir).resolve().parent
+
+    def path(self, value: str) -> Path:
+        """``value`` as an absolute path, relative ones resolved against the project folder."""
+        return self.root / value if value else self.root
+
+    @property
+    def handlers_dir(self) -> Path:
+        """The folder whose modules are loaded as handlers in addition to ``handlers``."""
+        return Path(self.config_dir).resolve() / HANDLERS_DIR
+
+    @property
+    def address(self) -> str:
+        """Where the server listens, for logs and the status command."""
+        return f"unix:{self.unix_socket}" if self.unix_socket else f"{self.host}:{self.port}"
+
+    def state_store_url(self) -> str:
+        """The state URL with a relative shelve path resolved against the project folder."""
+        if self.state_url.startswith("shelve://") and not self.state_url.startswith("shelve:///"):
+            return "shelve://" + str(self.path(self.state_url.removeprefix("shelve://")))
+        return self.state_url
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_TYPES = get_type_hints(Settings)
+
+
+def load_settings(
+    config_dir: str | os.PathLike[str] = "config",
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read ``config_dir/mailrouter.toml`` (if present), then apply env and CLI overrides."""
+    folder = Path(config_dir)
+    values: dict[str, Any] = {}
+    file = folder / CONFIG_FILE
+    if file.is_file():
+        try:
+            with file.open("rb") as stream:
+                values.update(tomllib.load(stream))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{file}: {exc}") from None
+    environ = os.environ if environ is None else environ
+    for name in FIELDS:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None and name != "config_dir":
+            values[name] = _from_text(name, raw)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values["config_dir"] = str(folder)
+    return Settings(**{name: _check(name, value, file) for name, value in values.items()})
+
+
+def _from_text(name: str, raw: str) -> Any:
+    """Convert an environment variable's text to the setting's type."""
+    kind = _TYPES[name]
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}: {raw!r} is not a number") from None
+    if name == "handlers":
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if name == "defaults":
+        raise ConfigError(f"{ENV_PREFIX}DEFAULTS cannot be set from the environment")
+    return raw
+
+
+def _check(name: str, value: Any, file: Path) -> Any:
+    """Validate one setting's value against its declared type; return it normalised."""
+    where = f"{file}: setting {name!r}"
+    if name not in FIELDS:
+        known = ", ".join(sorted(n for n in FIELDS if n != "config_dir"))
+        raise ConfigError(f"{file}: unknown setting {name!r} (known: {known})")
+    kind = _TYPES[name]
+    choices = get_args(kind)
+    if choices and not isinstance(value, Mapping):
+        if value not in choices and not (isinstance(value, str) and value.upper() in choices):
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}")
+        return value.upper() if name == "log_level" else value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if name == "handlers":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of module import strings")
+        return tuple(value)
+    if name == "defaults":
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where} must be a table of capture name = regex strings")
+        return dict(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {kind.__name__}, not {type(value).__name__}")
+    if kind in (int, float) and value < 0:
+        raise ConfigError(f"{where} must not be negative")
+    return value
+
+
+def handler_modules(settings: Settings) -> list[str]:
+    """Import strings of every handler module: the listed ones, then ``config/handlers/*.py``.
+
+    The project folder goes on ``sys.path`` (for the listed modules) and so does the config
+    folder, so that dropped-in files import as ``handlers.NAME``.
+    """
+    names = list(settings.handlers)
+    folder = settings.handlers_dir
+    for importable in (settings.root, folder.parent):
+        if str(importable) not in sys.path:
+            sys.path.insert(0, str(importable))
+    if folder.is_dir():
+        names += [
+            f"{HANDLERS_DIR}.{path.stem}"
+            for path in sorted(folder.glob("*.py"))
+            if path.stem.isidentifier() and not path.stem.startswith("_")
+        ]
+    return names
