@@ -1,0 +1,305 @@
+"""The SMTP/LMTP receiver on aiosmtpd and the server's start, serve and shutdown lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .config import Settings, handler_modules
+from .errors import MailRouterError, Status
+from .message import MailRequest
+from .queue import Queue
+from .routing import DeliveryResult, Router
+from .state import open_store
+
+log = logging.getLogger(__name__)
+
+# Enhanced status codes (RFC 3463) for the replies aiosmtpd sends without one.
+_ENHANCED_BY_CODE = {
+    421: "4.3.2",
+    451: "4.3.0",
+    500: "5.5.2",
+    501: "5.5.4",
+    502: "5.5.1",
+    503: "5.5.1",
+    504: "5.5.4",
+    530: "5.7.0",
+    550: "5.1.1",
+    552: "5.3.4",
+    553: "5.1.3",
+    554: "5.6.0",
+    555: "5.5.4",
+}
+_CONTROL = frozenset("\x00\r\n")
+
+
+def build_router(settings: Settings, *, readonly: bool = False) -> Router:
+    """A Router for ``settings``: its state store, undeliverable queue and handler modules."""
+    store = open_store(settings.state_store_url(), readonly=readonly)
+    try:
+        router = Router(
+            store=store,
+            undeliverable=Queue(settings.path(settings.undeliverable)),
+            defaults=settings.defaults,
+            lock_scope=settings.lock_scope,
+            executor=ThreadPoolExecutor(settings.executor_threads, "mailrouter-handler"),
+        )
+        router.load(handler_modules(settings))
+    except BaseException:
+        store.close()
+        raise
+    return router
+
+
+def _enhance(status: str) -> str:
+    """Add an enhanced status code to an error reply that lacks one."""
+    code = status[:3]
+    if not code.isdigit() or int(code) < 400 or status[4:5].isdigit():
+        return status
+    enhanced = _ENHANCED_BY_CODE.get(int(code), f"{code[0]}.0.0")
+    text = status[4:].removeprefix("Error: ").removeprefix("Error ")
+    return f"{code} {enhanced} {text}"
+
+
+class _Session(SMTP):
+    """aiosmtpd's SMTP with enhanced status codes, TCP_NODELAY, and connection tracking."""
+
+    owner: Server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.owner.connections.add(transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.owner.connections.discard(self.transport)
+        super().connection_lost(error)
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            status = "\r\n".join(_enhance(line) for line in status.split("\r\n"))
+        await super().push(status)
+
+
+class _LMTPSession(_Session, LMTP):
+    """The LMTP variant: LHLO instead of EHLO, and one reply per recipient after DATA."""
+
+
+class Handler:
+    """The aiosmtpd event handler: records the envelope and hands each message to the router."""
+
+    def __init__(self, settings: Settings, router: Router) -> None:
+        self.settings = settings
+        self.router = router
+        self.lmtp = settings.protocol == "lmtp"
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if _CONTROL.intersection(address):
+            return "501 5.1.7 Bad sender address syntax"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        address = address.strip()
+        if _CONTROL.intersection(address):
+            return "501 5.1.3 Bad recipient address syntax"
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        if self.settings.reject_unroutable and not self.router.match(address):
+            return f"550 5.1.1 <{address}>: no route for this address"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        message_id = uuid.uuid4().hex[:16]
+        sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+        request = MailRequest(
+            session.peer, sender, envelope.rcpt_tos, envelope.original_content or b""
+        )
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            result = await self.router.deliver(request)
+        except Exception:
+            log.exception("%s: delivery from %r failed", message_id, request.sender)
+            return self._all("451 4.3.0 Temporary failure, try again later", request)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+        log.debug(
+            "%s: from %r to %r: %s",
+            message_id,
+            request.sender,
+            request.recipients,
+            [str(reply) for reply in result.replies],
+        )
+        return self._answer(result, message_id)
+
+    def _answer(self, result: DeliveryResult, message_id: str) -> str:
+        """LMTP: one reply per recipient, in RCPT order. SMTP: the first refusal, else 250."""
+        if self.lmtp:
+            return "\r\n".join(
+                f"{r.code} {r.text}"
+                if r.code >= 300
+                else f"{r.code} 2.0.0 <{r.recipient}> {message_id}"
+                for r in result.replies
+            )
+        refusal = result.first_refusal()
+        if refusal is not None:
+            return str(refusal)
+        return f"{Status.OK} 2.0.0 Ok: queued as {message_id}"
+
+    def _all(self, status: str, request: MailRequest) -> str:
+        return "\r\n".join([status] * len(request.recipients)) if self.lmtp else status
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected error in a session: answer temporarily and keep serving."""
+        log.error("session error: %s: %s", type(error).__name__, error, exc_info=error)
+        return "451 4.3.0 Internal error, try again later"
+
+
+class Server:
+    """A listening mailrouter: binds, accepts SMTP or LMTP sessions, and stops gracefully."""
+
+    def __init__(self, settings: Settings, router: Router) -> None:
+        self.settings = settings
+        self.router = router
+        self.handler = Handler(settings, router)
+        self.connections: set[asyncio.BaseTransport] = set()
+        self._server: asyncio.Server | None = None
+
+    def _session(self) -> SMTP:
+        session_class = _LMTPSession if self.settings.protocol == "lmtp" else _Session
+        session = session_class(
+            self.handler,
+            data_size_limit=self.settings.max_message_size or None,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=self.settings.hostname or None,
+            ident="mailrouter",
+            timeout=self.settings.idle_timeout,
+            loop=asyncio.get_running_loop(),
+        )
+        session.owner = self
+        return session
+
+    async def start(self) -> None:
+        """Bind the listening socket (TCP, or a Unix socket when ``unix_socket`` is set)."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self.settings.unix_socket:
+                path = self.settings.path(self.settings.unix_socket)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                self._server = await loop.create_unix_server(self._session, str(path))
+            else:
+                self._server = await loop.create_server(
+                    self._session, self.settings.host, self.settings.port
+                )
+        except OSError as exc:
+            raise MailRouterError(
+                f"cannot listen on {self.settings.address}: {exc.strerror}"
+            ) from exc
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with port 0)."""
+        assert self._server is not None, "the server is not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def address(self) -> str:
+        """Where the server listens, with the real bound port."""
+        if self.settings.unix_socket:
+            return f"unix:{self.settings.path(self.settings.unix_socket)}"
+        return f"{self.settings.host}:{self.port}"
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let messages being delivered finish (up to ``timeout``), then close."""
+        if self._server is None:
+            return
+        self._server.close()
+        timeout = self.settings.drain_timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self.handler.idle.wait(), timeout)
+        except TimeoutError:
+            log.warning(
+                "%d deliveries still running after %.0fs; closing anyway",
+                self.handler.in_flight,
+                timeout,
+            )
+        for transport in list(self.connections):
+            transport.close()
+        await self._server.wait_closed()
+        self._server = None
+
+
+async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run a server for ``settings`` until SIGTERM or SIGINT; SIGHUP reloads the handlers."""
+    from .daemon import drop_privileges
+
+    loop = asyncio.get_running_loop()
+    router = build_router(settings)
+    server = Server(settings, router)
+    stopping = asyncio.Event()
+    try:
+        await server.start()
+        drop_privileges(settings)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, _reload, router, settings)
+        log.info(
+            "mailrouter ready on %s (pid %d, %d routes)",
+            server.address,
+            os.getpid(),
+            len(router.routes()),
+        )
+        if on_ready is not None:
+            on_ready(server.address)
+        await stopping.wait()
+        log.info("stopping: draining deliveries")
+        await server.stop()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        router.store.close()
+    log.info("mailrouter stopped")
+
+
+def _reload(router: Router, settings: Settings) -> None:
+    """SIGHUP: re-import the handler modules and load newly dropped-in ones."""
+    try:
+        router.reload()
+        router.load(handler_modules(settings))
+    except MailRouterError as exc:
+        log.error("reload failed, keeping the old routes: %s", exc)
+        return
+    log.info("reloaded handlers: %d routes", len(router.routes()))
+
+
+def run(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve ``settings`` in a new event loop until stopped by a signal."""
+    asyncio.run(serve(settings, on_ready=on_ready))
