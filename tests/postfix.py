@@ -8,7 +8,9 @@ package (``.ci/install-postfix.sh``); never touches ``/etc/postfix/main.cf``.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import os
 import re
 import shutil
@@ -21,6 +23,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+
+import pytest
 
 __all__ = [
     "LMTP_DOMAIN",
@@ -49,8 +53,6 @@ def postfix_available() -> bool:
 
 def require_postfix() -> None:
     """Skip the calling test when Postfix cannot run; under ``CI=true`` fail it instead."""
-    import pytest
-
     if postfix_available():
         return
     reason = "Postfix is not installed or not running as root (run .ci/install-postfix.sh as root)"
@@ -90,6 +92,11 @@ def _pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
+def _status_pattern(queue_id: str, recipient: str, status: str) -> str:
+    """A regex for the delivery line of one queue id and recipient with a given status."""
+    return rf"\b{re.escape(queue_id)}: to=<{re.escape(recipient)}>,.*\bstatus=(?:{status})\b"
+
+
 def _allow_traversal(folder: Path) -> None:
     """Give everyone search (x) permission on folder and its ancestors where it is missing.
 
@@ -103,8 +110,7 @@ def _allow_traversal(folder: Path) -> None:
 
 
 class PostfixInstance:
-    """One Postfix whose config (``etc``), ``queue``, ``data`` and ``postfix.log`` live in
-    ``tmp_dir / "postfix"``.
+    """One Postfix in ``tmp_dir / "postfix"``: ``etc/``, ``queue/``, ``data/`` and ``postfix.log``.
 
     ``next_hop_port`` receives ``router.test`` over SMTP; ``lmtp_port`` (default: the same port)
     receives ``lmtp.test`` over LMTP. ``smtp_port`` is Postfix's own SMTP listener.
@@ -120,7 +126,8 @@ class PostfixInstance:
         start_timeout: float = 30.0,
     ) -> None:
         self.directory = Path(tmp_dir).resolve() / "postfix"
-        # Siblings, not nested: `postfix check` wants everything under the config folder root's.
+        # Siblings, not nested: `postfix check` warns about files under the config folder that
+        # root does not own, and the queue and data folders belong to the postfix user.
         self.config_directory = self.directory / "etc"
         self.queue_directory = self.directory / "queue"
         self.data_directory = self.directory / "data"
@@ -150,27 +157,30 @@ class PostfixInstance:
         """Write the configuration, start Postfix, and wait until its SMTP port answers.
 
         The listener port is picked at random, so a lost race for it is retried with a new one.
+        On failure nothing is left running and PostfixError carries the log tail.
         """
         if not postfix_available():
             raise PostfixError("postfix is not installed or we are not root")
         atexit.register(self.stop)
+        problem = ""
         try:
-            for attempt in range(1, attempts + 1):
+            for _ in range(attempts):
                 self.smtp_port = free_port()
                 self._configure()
-                self._postfix("start")
                 self._started = True
-                if self._wait_listening():
-                    return
+                try:
+                    self._postfix("start")
+                except PostfixError as exc:
+                    problem = str(exc)
+                else:
+                    if self._wait_listening():
+                        return
+                    problem = f"postfix did not listen on 127.0.0.1:{self.smtp_port}"
                 self.stop()
-                if attempt == attempts:
-                    raise PostfixError(
-                        f"postfix did not listen on 127.0.0.1:{self.smtp_port} within "
-                        f"{self.start_timeout}s; log tail:\n{self.log_tail()}"
-                    )
         except BaseException:
             self.stop()
             raise
+        raise PostfixError(f"{problem} (after {attempts} tries); log tail:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop Postfix and wait until none of its processes are left; safe to call twice."""
@@ -185,14 +195,16 @@ class PostfixInstance:
                 check=False,
                 timeout=timeout,
             )
+        master = self.master_pid()
+        if master is not None:  # `postfix stop` failed (say, a broken main.cf): do its job
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(master, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while self._processes():
             if time.monotonic() > deadline:
                 for pid in self._processes():  # only processes working in our own queue folder
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                 break
             time.sleep(0.05)
 
@@ -257,30 +269,71 @@ class PostfixInstance:
         """The last lines of the log, for error messages."""
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def wait_for_log(self, pattern: str, timeout: float = 30.0) -> str:
-        """Poll the log until a line matches the regex ``pattern``; return that line."""
+    def log_mark(self) -> int:
+        """The log's current length, to pass as ``since`` and ignore what was logged before."""
+        return len(self.log_text())
+
+    def wait_for_log(self, pattern: str, timeout: float = 30.0, *, since: int = 0) -> str:
+        """Poll the log until a line matches the regex ``pattern``; return that line.
+
+        ``since`` (from ``log_mark()``) skips older lines. Raises AssertionError with the log
+        tail when nothing matches within ``timeout`` seconds. Blocks: in async tests whose
+        server runs on the test's loop, use ``await_log`` instead.
+        """
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        while True:
-            for line in self.log_text().splitlines():
-                if regex.search(line):
-                    return line
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"no line matching {pattern!r} in {self.log_path} after {timeout}s; "
-                    f"log tail:\n{self.log_tail()}"
-                )
+        while (line := self._find(regex, since)) is None:
+            self._check_deadline(deadline, pattern, timeout)
             time.sleep(0.1)
+        return line
+
+    async def await_log(self, pattern: str, timeout: float = 30.0, *, since: int = 0) -> str:
+        """``wait_for_log`` for async tests: polls without blocking the event loop."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while (line := self._find(regex, since)) is None:
+            self._check_deadline(deadline, pattern, timeout)
+            await asyncio.sleep(0.1)
+        return line
 
     def wait_for_status(
-        self, queue_id: str, recipient: str, status: str, timeout: float = 30.0
+        self, queue_id: str, recipient: str, status: str, timeout: float = 30.0, *, since: int = 0
     ) -> str:
         """Wait for the delivery line of one message and recipient with ``status=STATUS``.
 
         ``status`` is ``sent``, ``deferred`` or ``bounced`` (a regex). Returns the log line.
         """
-        pattern = rf"\b{re.escape(queue_id)}: to=<{re.escape(recipient)}>,.*\bstatus=(?:{status})\b"
-        return self.wait_for_log(pattern, timeout)
+        return self.wait_for_log(_status_pattern(queue_id, recipient, status), timeout, since=since)
+
+    async def await_status(
+        self, queue_id: str, recipient: str, status: str, timeout: float = 30.0, *, since: int = 0
+    ) -> str:
+        """``wait_for_status`` for async tests."""
+        pattern = _status_pattern(queue_id, recipient, status)
+        return await self.await_log(pattern, timeout, since=since)
+
+    async def asend(
+        self, sender: str, recipients: str | Iterable[str], message: bytes, timeout: float = 30.0
+    ) -> str:
+        """``send`` for async tests: runs smtplib in a worker thread."""
+        return await asyncio.to_thread(self.send, sender, recipients, message, timeout)
+
+    async def aflush(self) -> None:
+        """``flush`` for async tests."""
+        await asyncio.to_thread(self.flush)
+
+    def _find(self, regex: re.Pattern[str], since: int) -> str | None:
+        for line in self.log_text()[since:].splitlines():
+            if regex.search(line):
+                return line
+        return None
+
+    def _check_deadline(self, deadline: float, pattern: str, timeout: float) -> None:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"no line matching {pattern!r} in {self.log_path} after {timeout}s; "
+                f"log tail:\n{self.log_tail()}"
+            )
 
     # -- internals -------------------------------------------------------------------------
 
@@ -290,9 +343,16 @@ class PostfixInstance:
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o755)
         _allow_traversal(self.directory)
-        (self.config_directory / "main.cf").write_text(self._main_cf())
-        (self.config_directory / "master.cf").write_text(self._master_cf())
-        (self.config_directory / "transport").write_text(self._transport())
+        past = time.time() - 10
+        for name, text in (
+            ("main.cf", self._main_cf()),
+            ("master.cf", self._master_cf()),
+            ("transport", self._transport()),
+        ):
+            path = self.config_directory / name
+            path.write_text(text)
+            # Postfix re-reads a file changed within the current second (300 ms pauses).
+            os.utime(path, (past, past))
         self._run("postmap", f"hash:{self.config_directory / 'transport'}")
         self._postfix("set-permissions")
         self._postfix("check")
@@ -329,6 +389,9 @@ class PostfixInstance:
             "maximal_backoff_time": "2s",
             "smtp_connect_timeout": "2s",
             "lmtp_connect_timeout": "2s",
+            # A next hop that never answers DATA shows up as "deferred" instead of a 10 min hang.
+            "smtp_data_done_timeout": "30s",
+            "lmtp_data_done_timeout": "30s",
             "smtp_connection_cache_on_demand": "no",
             "lmtp_connection_cache_on_demand": "no",
             "delay_warning_time": "0h",
@@ -363,6 +426,7 @@ class PostfixInstance:
         )
 
     def _wait_listening(self) -> bool:
+        """Poll until the smtpd port accepts connections; False if master dies or time runs out."""
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if _port_open(self.smtp_port):
@@ -388,6 +452,7 @@ class PostfixInstance:
         return pids
 
     def _cmd(self, name: str) -> str:
+        """The full path of a Postfix command."""
         path = _which(name)
         if path is None:
             raise PostfixError(f"{name} not found")
@@ -397,6 +462,7 @@ class PostfixInstance:
         return self._run("postfix", action)
 
     def _run(self, name: str, *args: str) -> str:
+        """Run a Postfix command on this instance's config; raise PostfixError if it fails."""
         cmd = [self._cmd(name), "-c", str(self.config_directory), *args]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         if proc.returncode != 0:

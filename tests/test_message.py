@@ -86,7 +86,7 @@ def test_normalize_address() -> None:
 
 def test_broken_mime_bad_charsets_and_8bit_headers_do_not_raise() -> None:
     samples = [
-        b"Subject: \xff\xfe bad\r\nContent-Type: text/plain; charset=no-such-charset\r\n\r\n\xe9t\xe9",
+        b"Subject: \xff\xfe bad\r\nContent-Type: text/plain; charset=nope\r\n\r\n\xe9t\xe9",
         b"Content-Type: multipart/mixed; boundary=X\r\n\r\n--X\r\nno end boundary",
         b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!not base64",
         b"Subject: =?utf-8?b?invalid===?= =?bogus?q?x?=\r\n\r\n",
