@@ -1,0 +1,27 @@
+# mailrouter in a container: slim Python, a non-root user, the server in the foreground.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MAILROUTER_HOST=0.0.0.0 \
+    MAILROUTER_PORT=8825
+
+RUN useradd --system --create-home --home-dir /srv/mailrouter mailrouter
+WORKDIR /srv/mailrouter
+
+COPY pyproject.toml README.md ./
+COPY mailrouter ./mailrouter
+RUN pip install --no-cache-dir . && rm -rf mailrouter pyproject.toml
+
+COPY --chown=mailrouter:mailrouter config ./config
+COPY --chown=mailrouter:mailrouter handlers_example ./handlers_example
+RUN mkdir -p run logs && chown mailrouter:mailrouter run logs
+
+USER mailrouter
+VOLUME ["/srv/mailrouter/run"]
+EXPOSE 8825
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD python -c "import os, smtplib; smtplib.SMTP('127.0.0.1', int(os.environ['MAILROUTER_PORT']), timeout=4).quit()"
+
+CMD ["mailrouter", "start", "--foreground"]
