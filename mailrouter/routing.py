@@ -8,7 +8,7 @@ import importlib
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from .errors import LoadError, QueueError, QueueFullError, SMTPError, Status
+from .locks import KeyedAsyncLocks, held_in_executor
 from .message import MailRequest, normalize_address
 from .queue import Queue
 from .routes import Handler, Route, RouteTable, build_table
@@ -116,7 +117,7 @@ class Router:
         self.lock_scope = lock_scope
         self.executor = executor
         self._table = RouteTable()
-        self._global_lock = threading.Lock()
+        self._local_locks = KeyedAsyncLocks()
         self._loading = threading.Lock()
 
     # -- loading ---------------------------------------------------------------------------
@@ -269,12 +270,31 @@ class Router:
     async def _attempt(
         self, handler: Handler, message: MailRequest, captures: Mapping[str, str]
     ) -> bool:
-        """Run ``handler`` under its lock if it applies in the sender's state; False if not."""
+        """Run ``handler`` under its locks if it applies in the sender's state; False if not."""
         key = self.state_key(handler.module, message)
+        if handler.nolocking:
+            return await self._run(handler, key, message, captures, contextlib.nullcontext())
+        if self.lock_scope == "global":
+            async with self._local_locks.hold(None):
+                return await self._run(handler, key, message, captures, contextlib.nullcontext())
+        async with self._local_locks.hold((key, message.route_from)):
+            store_lock = self.store.lock(key, message.route_from)
+            return await self._run(handler, key, message, captures, store_lock)
+
+    async def _run(
+        self,
+        handler: Handler,
+        key: str,
+        message: MailRequest,
+        captures: Mapping[str, str],
+        store_lock: AbstractContextManager[Any],
+    ) -> bool:
         if not handler.is_async:
-            took: bool = await self._blocking(self._attempt_sync, handler, key, message, captures)
+            took: bool = await self._blocking(
+                self._run_sync, handler, key, message, captures, store_lock
+            )
             return took
-        async with self._held(self._lock_for(handler, key, message)):
+        async with held_in_executor(store_lock, self.executor):
             if not handler.stateless:
                 state = await self._blocking(self.store.get, key, message.route_from)
                 if state != handler.name:
@@ -288,10 +308,15 @@ class Router:
             await self._blocking(self._transition, handler, key, message, result)
         return True
 
-    def _attempt_sync(
-        self, handler: Handler, key: str, message: MailRequest, captures: Mapping[str, str]
+    def _run_sync(
+        self,
+        handler: Handler,
+        key: str,
+        message: MailRequest,
+        captures: Mapping[str, str],
+        store_lock: AbstractContextManager[Any],
     ) -> bool:
-        with self._lock_for(handler, key, message):
+        with store_lock:
             if not handler.stateless and self.store.get(key, message.route_from) != handler.name:
                 return False
             try:
@@ -319,34 +344,6 @@ class Router:
             problem = TypeError(f"returned {result!r}, not a handler function or None")
             raise self._failure(handler, key, message, problem) from problem
         self.store.set(self.state_key(module, message), message.route_from, name)
-
-    def _lock_for(
-        self, handler: Handler, key: str, message: MailRequest
-    ) -> AbstractContextManager[Any]:
-        if handler.nolocking:
-            return contextlib.nullcontext()
-        if self.lock_scope == "global":
-            return self._global_lock
-        return self.store.lock(key, message.route_from)
-
-    @contextlib.asynccontextmanager
-    async def _held(self, lock: AbstractContextManager[Any]) -> AsyncIterator[None]:
-        """Hold a blocking lock from async code, taking it in the executor."""
-        acquiring = asyncio.ensure_future(self._blocking(lock.__enter__))
-
-        def release_if_taken(done: asyncio.Future[Any]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                lock.__exit__(None, None, None)
-
-        try:
-            await asyncio.shield(acquiring)
-        except asyncio.CancelledError:
-            acquiring.add_done_callback(release_if_taken)
-            raise
-        try:
-            yield
-        finally:
-            await self._blocking(lock.__exit__, None, None, None)
 
     async def _blocking(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)

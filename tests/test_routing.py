@@ -677,3 +677,33 @@ def test_a_fresh_router_has_no_routes_and_a_memory_store() -> None:
     with pytest.raises(ValueError):
         Router(lock_scope="bogus")  # type: ignore[arg-type]
     assert threading.active_count() >= 1
+
+
+async def test_one_sender_flooding_a_small_executor_never_deadlocks(
+    make_module: MakeModule,
+) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = make_module(
+        """
+        import asyncio
+        from mailrouter import route
+        count = [0]
+        @route("flood@x.org")
+        async def START(message):
+            await asyncio.sleep(0)
+            count[0] += 1
+            return START
+        """
+    )
+    with ThreadPoolExecutor(2) as executor:
+        router = Router(executor=executor)
+        router.load([app])
+        flood = [
+            router.deliver(mail(sender="same@x.org", recipients=["flood@x.org"])) for _ in range(30)
+        ]
+        # a deadlock would hang here; the guard turns it into a failure
+        await asyncio.wait_for(asyncio.gather(*flood), timeout=60)
+    assert sys.modules[app].count == [30]
+    assert len(router._local_locks) == 0  # no lock left behind
