@@ -39,6 +39,9 @@ class Settings:
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 1000
     idle_timeout: float = 300.0
+    session_timeout: float = 1800.0
+    max_connections: int = 100
+    max_errors: int = 10
     reject_unroutable: bool = False
     handlers: tuple[str, ...] = ()
     defaults: Mapping[str, str] = field(default_factory=dict)

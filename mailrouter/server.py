@@ -72,26 +72,76 @@ def _enhance(status: str) -> str:
     return f"{code} {enhanced} {text}"
 
 
+def _say_and_close(transport: asyncio.BaseTransport, status: str) -> None:
+    """Write a last reply on a connection and close it (the buffered reply is still sent)."""
+    if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+        transport.write(status.encode() + b"\r\n")
+        transport.close()
+
+
 class _Session(SMTP):
-    """aiosmtpd's SMTP with enhanced status codes, TCP_NODELAY, and connection tracking."""
+    """aiosmtpd's SMTP session with mailrouter's limits, enhanced codes and graceful closing."""
 
     owner: Server
+    delivering = False
+    _tracked = False
+    _errors = 0
+    _farewell: str | None = None
+    _expiry: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._tracked:  # called again on the TLS transport after STARTTLS
+            super().connection_made(transport)
+            return
+        refusal = self.owner.refusal()
+        if refusal is not None:
+            _say_and_close(transport, refusal)
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.owner.connections.add(transport)
+        self._tracked = True
+        self.owner.sessions.add(self)
         super().connection_made(transport)
+        self._expiry = self.loop.call_later(
+            self.owner.settings.session_timeout,
+            self.close_with,
+            "421 4.4.2 Session time limit exceeded, closing connection",
+        )
 
     def connection_lost(self, error: Exception | None) -> None:
-        self.owner.connections.discard(self.transport)
+        if not self._tracked:  # refused before the session started
+            return
+        self.owner.sessions.discard(self)
+        if self._expiry is not None:
+            self._expiry.cancel()
         super().connection_lost(error)
+
+    def close_with(self, status: str) -> None:
+        """Send a final reply and close, once the message being delivered (if any) is answered."""
+        if self.delivering:
+            self._farewell = status
+            return
+        if self.transport is not None:
+            _say_and_close(self.transport, status)
+
+    def _timeout_cb(self) -> None:
+        """aiosmtpd's idle timeout: say why before closing, and never cut off a delivery."""
+        if self.delivering:
+            self._reset_timeout()
+            return
+        self.close_with("421 4.4.2 Idle timeout, closing connection")
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             status = "\r\n".join(_enhance(line) for line in status.split("\r\n"))
         await super().push(status)
+        if isinstance(status, str) and status[:1] == "5":
+            self._errors += 1
+            if self._errors >= self.owner.settings.max_errors:
+                self.close_with("421 4.7.0 Too many errors, closing connection")
+        if self._farewell is not None and not self.delivering:
+            self.close_with(self._farewell)
 
 
 class _LMTPSession(_Session, LMTP):
@@ -133,6 +183,7 @@ class Handler:
         return "250 2.1.5 Recipient OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(server, _Session)
         message_id = uuid.uuid4().hex[:16]
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         request = MailRequest(
@@ -140,12 +191,14 @@ class Handler:
         )
         self.in_flight += 1
         self.idle.clear()
+        server.delivering = True
         try:
             result = await self.router.deliver(request)
         except Exception:
             log.exception("%s: delivery from %r failed", message_id, request.sender)
             return self._all("451 4.3.0 Temporary failure, try again later", request)
         finally:
+            server.delivering = False
             self.in_flight -= 1
             if not self.in_flight:
                 self.idle.set()
@@ -188,8 +241,19 @@ class Server:
         self.settings = settings
         self.router = router
         self.handler = Handler(settings, router)
-        self.connections: set[asyncio.BaseTransport] = set()
+        self.sessions: set[_Session] = set()
+        self.draining = False
+        self.hostname = settings.hostname or socket.getfqdn()  # once, not per connection
         self._server: asyncio.Server | None = None
+        self._port: int | None = None
+
+    def refusal(self) -> str | None:
+        """The reply that turns a new connection away, or None to serve it."""
+        if self.draining:
+            return "421 4.3.2 Service shutting down, try again later"
+        if len(self.sessions) >= self.settings.max_connections:
+            return "421 4.7.0 Too many connections, try again later"
+        return None
 
     def _session(self) -> SMTP:
         session_class = _LMTPSession if self.settings.protocol == "lmtp" else _Session
@@ -198,7 +262,7 @@ class Server:
             data_size_limit=self.settings.max_message_size or None,
             enable_SMTPUTF8=True,
             decode_data=False,
-            hostname=self.settings.hostname or None,
+            hostname=self.hostname,
             ident="mailrouter",
             timeout=self.settings.idle_timeout,
             loop=asyncio.get_running_loop(),
@@ -219,6 +283,7 @@ class Server:
                 self._server = await loop.create_server(
                     self._session, self.settings.host, self.settings.port
                 )
+                self._port = int(self._server.sockets[0].getsockname()[1])
         except OSError as exc:
             raise MailRouterError(
                 f"cannot listen on {self.settings.address}: {exc.strerror}"
@@ -227,8 +292,8 @@ class Server:
     @property
     def port(self) -> int:
         """The bound TCP port (useful with port 0)."""
-        assert self._server is not None, "the server is not started"
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._port is not None, "the server is not started"
+        return self._port
 
     @property
     def address(self) -> str:
@@ -242,6 +307,9 @@ class Server:
         if self._server is None:
             return
         self._server.close()
+        self.draining = True
+        for session in list(self.sessions):
+            session.close_with("421 4.3.2 Service shutting down, try again later")
         timeout = self.settings.drain_timeout if timeout is None else timeout
         try:
             await asyncio.wait_for(self.handler.idle.wait(), timeout)
@@ -251,8 +319,9 @@ class Server:
                 self.handler.in_flight,
                 timeout,
             )
-        for transport in list(self.connections):
-            transport.close()
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
         await self._server.wait_closed()
         self._server = None
 
