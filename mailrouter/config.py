@@ -42,6 +42,9 @@ class Settings:
     session_timeout: float = 1800.0
     max_connections: int = 100
     max_errors: int = 10
+    tls_cert: str = ""
+    tls_key: str = ""
+    require_starttls: bool = False
     reject_unroutable: bool = False
     handlers: tuple[str, ...] = ()
     defaults: Mapping[str, str] = field(default_factory=dict)

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,22 @@ def build_router(settings: Settings, *, readonly: bool = False) -> Router:
         store.close()
         raise
     return router
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The STARTTLS context from the configured certificate and key, if any."""
+    if not settings.tls_cert:
+        if settings.require_starttls:
+            raise MailRouterError("require_starttls needs tls_cert (and tls_key)")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(
+            settings.path(settings.tls_cert), settings.path(settings.tls_key or settings.tls_cert)
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise MailRouterError(f"cannot load TLS certificate {settings.tls_cert!r}: {exc}") from exc
+    return context
 
 
 def _enhance(status: str) -> str:
@@ -244,6 +261,7 @@ class Server:
         self.sessions: set[_Session] = set()
         self.draining = False
         self.hostname = settings.hostname or socket.getfqdn()  # once, not per connection
+        self.tls_context = _tls_context(settings)
         self._server: asyncio.Server | None = None
         self._port: int | None = None
 
@@ -263,6 +281,8 @@ class Server:
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=self.hostname,
+            tls_context=self.tls_context,
+            require_starttls=self.settings.require_starttls,
             ident="mailrouter",
             timeout=self.settings.idle_timeout,
             loop=asyncio.get_running_loop(),

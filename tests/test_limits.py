@@ -163,3 +163,40 @@ async def test_shutdown_finishes_the_delivery_in_flight_and_turns_others_away(
         assert sys.modules[app].handled == ["slow@example.com"]
         await idle.close()
         await busy.close()
+
+
+async def test_starttls_with_a_configured_certificate(
+    tmp_path: Path, make_module: Callable[..., str]
+) -> None:
+    import smtplib
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    app = make_module(APP)
+
+    async with running(
+        tmp_path, app, tls_cert=str(tmp_path / "server.pem"), require_starttls=True
+    ) as server:
+
+        def talk() -> tuple[tuple[int, bytes], str, dict[str, tuple[int, bytes]]]:
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+                client.ehlo()
+                before = client.docmd("MAIL FROM:<a@x.org>")
+                client.starttls(context=client_context)
+                cipher = client.sock.version()  # type: ignore[union-attr]
+                refused = client.sendmail(
+                    "a@x.org", ["fast@example.com"], b"Subject: tls\r\n\r\nx\r\n"
+                )
+                return before, cipher, refused
+
+        before, version, refused = await asyncio.to_thread(talk)
+    assert before[0] == 530 and before[1].startswith(b"5.7.0")
+    assert version.startswith("TLS")
+    assert refused == {}
+    assert sys.modules[app].handled == ["fast@example.com"]
