@@ -258,3 +258,24 @@ async def test_port_zero_binds_loopback(tmp_path: Path, app: str) -> None:
     async with running(tmp_path, app) as server:
         assert server.port > 0
         assert server.address == f"127.0.0.1:{server.port}"
+
+
+async def test_unwritable_queue_is_a_temporary_failure_and_nothing_is_half_written(
+    tmp_path: Path, app: str
+) -> None:
+    import shutil
+
+    async with running(tmp_path, app) as server:
+        queue_dir = tmp_path / "run" / "undeliverable"
+        shutil.rmtree(queue_dir / "tmp")
+        (queue_dir / "tmp").write_text("not a directory")
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            await asyncio.to_thread(smtp_send, server.port, "joe@x.org", ["nobody@elsewhere.org"])
+        assert info.value.smtp_code == 451 and info.value.smtp_error.startswith(b"4.3.0")
+        assert list((queue_dir / "new").iterdir()) == []
+        (queue_dir / "tmp").unlink()
+        (queue_dir / "tmp").mkdir()  # repaired: the server serves again, without a restart
+        assert await asyncio.to_thread(
+            smtp_send, server.port, "joe@x.org", ["nobody@elsewhere.org"]
+        ) == {}
+        assert len(list((queue_dir / "new").iterdir())) == 1
