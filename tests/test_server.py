@@ -275,7 +275,35 @@ async def test_unwritable_queue_is_a_temporary_failure_and_nothing_is_half_writt
         assert list((queue_dir / "new").iterdir()) == []
         (queue_dir / "tmp").unlink()
         (queue_dir / "tmp").mkdir()  # repaired: the server serves again, without a restart
-        assert await asyncio.to_thread(
-            smtp_send, server.port, "joe@x.org", ["nobody@elsewhere.org"]
-        ) == {}
+        assert (
+            await asyncio.to_thread(smtp_send, server.port, "joe@x.org", ["nobody@elsewhere.org"])
+            == {}
+        )
         assert len(list((queue_dir / "new").iterdir())) == 1
+
+
+async def test_full_disk_is_452_and_nothing_is_half_written(tmp_path: Path, app: str) -> None:
+    import os
+    import subprocess
+
+    queue_dir = tmp_path / "run" / "undeliverable"
+    queue_dir.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(queue_dir)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a small tmpfs: {mounted.stderr.decode()}")
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        async with running(tmp_path, app) as server:
+            big = MESSAGE + (b"x" * 76 + b"\r\n") * 2000  # ~156 KB, more than the 64 KB disk
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                await asyncio.to_thread(smtp_send, server.port, "joe@x.org", ["nobody@x.org"], big)
+            assert info.value.smtp_code == 452 and info.value.smtp_error.startswith(b"4.3.1")
+            assert list((queue_dir / "new").iterdir()) == []
+            assert list((queue_dir / "tmp").iterdir()) == []
+            # a small message still fits: the server kept serving
+            assert await asyncio.to_thread(smtp_send, server.port, "joe@x.org", ["no@x.org"]) == {}
+    finally:
+        subprocess.run(["umount", str(queue_dir)], check=True)
