@@ -118,6 +118,7 @@ class Router:
         self.executor = executor
         self._table = RouteTable()
         self._local_locks = KeyedAsyncLocks()
+        self._queue_failing = False
         self._loading = threading.Lock()
 
     # -- loading ---------------------------------------------------------------------------
@@ -226,10 +227,15 @@ class Router:
         if reasons and self.undeliverable is not None:
             try:
                 queue_key = await self._blocking(self.undeliverable.push, message, reasons)
-                log.info("queued %s from %r: %s", queue_key, message.sender, reasons)
             except QueueError as exc:
-                log.error("cannot queue message from %r: %s", message.sender, exc)
-                queue_error = exc
+                # one error line per burst of failures, not one per message
+                (log.debug if self._queue_failing else log.error)("cannot queue: %s", exc)
+                self._queue_failing, queue_error = True, exc
+            else:
+                if self._queue_failing:
+                    log.warning("the undeliverable queue is writable again")
+                self._queue_failing = False
+                log.info("queued %s from %r: %s", queue_key, message.sender, reasons)
         replies = tuple(
             _reply(rcpt, outcomes[normalize_address(rcpt)], queue_key, queue_error)
             for rcpt in message.recipients

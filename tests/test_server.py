@@ -261,7 +261,7 @@ async def test_port_zero_binds_loopback(tmp_path: Path, app: str) -> None:
 
 
 async def test_unwritable_queue_is_a_temporary_failure_and_nothing_is_half_written(
-    tmp_path: Path, app: str
+    tmp_path: Path, app: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     import shutil
 
@@ -272,7 +272,11 @@ async def test_unwritable_queue_is_a_temporary_failure_and_nothing_is_half_writt
         with pytest.raises(smtplib.SMTPDataError) as info:
             await asyncio.to_thread(smtp_send, server.port, "joe@x.org", ["nobody@elsewhere.org"])
         assert info.value.smtp_code == 451 and info.value.smtp_error.startswith(b"4.3.0")
+        with pytest.raises(smtplib.SMTPDataError):
+            await asyncio.to_thread(smtp_send, server.port, "ann@x.org", ["nobody@elsewhere.org"])
         assert list((queue_dir / "new").iterdir()) == []
+        errors = [r for r in caplog.records if r.levelname == "ERROR" and "cannot queue" in r.msg]
+        assert len(errors) == 1  # once per burst
         (queue_dir / "tmp").unlink()
         (queue_dir / "tmp").mkdir()  # repaired: the server serves again, without a restart
         assert (
