@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .errors import MailRouterError
 
@@ -140,8 +140,8 @@ def _check(name: str, value: Any, file: Path) -> Any:
         known = ", ".join(sorted(n for n in FIELDS if n != "config_dir"))
         raise ConfigError(f"{file}: unknown setting {name!r} (known: {known})")
     kind = _TYPES[name]
-    choices = get_args(kind)
-    if choices and not isinstance(value, Mapping):
+    choices = get_args(kind) if get_origin(kind) is Literal else ()
+    if choices:
         if value not in choices and not (isinstance(value, str) and value.upper() in choices):
             raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}")
         return value.upper() if name == "log_level" else value

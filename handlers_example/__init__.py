@@ -1,0 +1,9 @@
+"""Small, real handler applications for mailrouter.
+
+- ``handlers_example.log``: a catch-all that logs every message and keeps a copy in a maildir.
+- ``handlers_example.mailinglist``: a mailing list with confirmed subscriptions.
+
+``maildir``, ``outbox`` and ``lists`` are their helpers (storage, outgoing mail, membership),
+not handler modules. Relative paths in their settings are relative to the working directory,
+which ``mailrouter start`` sets to the project folder.
+"""

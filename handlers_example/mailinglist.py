@@ -1,0 +1,179 @@
+"""A mailing list with confirmed subscriptions: one state machine per list and sender.
+
+For a list NAME at the host (the router's ``host`` default):
+
+- ``NAME-subscribe@host`` asks to join: a confirmation token is mailed to the sender.
+- ``NAME-confirm-TOKEN@host`` (a reply to the confirmation) makes the sender a member.
+- ``NAME@host`` posts: a member's post goes to every member. Anyone else is refused with
+  ``550 5.7.1`` during the SMTP session, so their own server tells them; we send nothing back.
+- ``NAME-unsubscribe@host`` leaves the list (or cancels a pending subscription).
+
+States: START -> CONFIRMING -> POSTING -> START, kept per list by ``list_state_key``, so one
+sender can be a member of one list and confirming another. The list file (``lists.py``) is the
+record of membership: a state it contradicts (a lost state store, an edited file, ERROR after a
+crash) hands the message to the state it implies. Bounces and auto-replies are dropped unanswered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailrouter import MailRequest, SMTPError, route, route_like, state_key_generator
+from mailrouter.message import normalize_address
+
+from . import listmail, lists
+
+log = logging.getLogger(__name__)
+
+State = Callable[..., "State | None"]
+
+
+@state_key_generator
+def list_state_key(module_name: str, message: MailRequest) -> str:
+    """Keep each list's states apart: ``handlers_example.mailinglist:NAME``."""
+    local = normalize_address(message.recipient).rpartition("@")[0]
+    return f"{module_name}:{local.split('-', 1)[0]}"
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """A message to a list address and what its route captured."""
+
+    message: MailRequest
+    list: str
+    host: str
+    action: str | None
+    token: str | None
+
+    @property
+    def command(self) -> str:
+        """``post``, ``subscribe``, ``unsubscribe`` or ``confirm``."""
+        return "confirm" if self.token is not None else self.action or "post"
+
+    @property
+    def sender(self) -> str:
+        return self.message.route_from
+
+    def address(self, suffix: str = "") -> str:
+        return f"{self.list}{suffix}@{self.host}"
+
+    def resume(self, state: State) -> State:
+        """Handle this message in ``state`` instead; stay there unless it moves on."""
+        return state(self.message, self.list, self.action, self.token, self.host) or state
+
+
+def _ask(
+    message: MailRequest, list: str | None, action: str | None, token: str | None, host: str | None
+) -> _Ask | None:
+    """The request, or None for a bounce or an automatic reply (RFC 3834): never answered."""
+    if message.is_bounce() or (message["Auto-Submitted"] or "no").strip().lower() != "no":
+        return None
+    assert list is not None and host is not None, "every list route captures list and host"
+    return _Ask(message, list, host, action, token)
+
+
+def _recover(ask: _Ask) -> State:
+    """Continue in the state the list file implies for the sender."""
+    found = lists.status(ask.list, ask.sender)
+    state = POSTING if found == "member" else CONFIRMING if found == "pending" else START
+    log.info("%r: resuming %r in %s", ask.address(), ask.sender, state.__name__)
+    return ask.resume(state)
+
+
+@route("(list)@(host)", list=lists.NAME)
+@route("(list)-(action)@(host)", list=lists.NAME, action="subscribe|unsubscribe")
+@route("(list)-confirm-(token)@(host)", list=lists.NAME, token="(?a:[a-z0-9]+)")
+def START(
+    message: MailRequest,
+    list: str | None = None,
+    action: str | None = None,
+    token: str | None = None,
+    host: str | None = None,
+) -> State | None:
+    """Not on the list: a subscription request mails a confirmation; the rest is refused."""
+    if (ask := _ask(message, list, action, token, host)) is None:
+        return None
+    if lists.status(ask.list, ask.sender) is not None:
+        return _recover(ask)
+    if ask.command == "confirm":
+        raise SMTPError(550, f"5.7.1 No subscription to {ask.address()} awaits confirmation")
+    if ask.command != "subscribe":
+        raise SMTPError(
+            550,
+            f"5.7.1 You are not a member of {ask.address()}; "
+            f"write to {ask.address('-subscribe')} to join",
+        )
+    listmail.confirmation(ask.list, ask.host, ask.sender, lists.request(ask.list, ask.sender))
+    log.info("%r: %r asked to join", ask.address(), ask.sender)
+    return CONFIRMING
+
+
+@route_like(START)
+def CONFIRMING(
+    message: MailRequest,
+    list: str | None = None,
+    action: str | None = None,
+    token: str | None = None,
+    host: str | None = None,
+) -> State | None:
+    """Waiting for the token: the right one makes a member; subscribing again resends it."""
+    if (ask := _ask(message, list, action, token, host)) is None:
+        return None
+    if lists.status(ask.list, ask.sender) != "pending":
+        return _recover(ask)
+    if ask.command == "subscribe":
+        listmail.confirmation(ask.list, ask.host, ask.sender, lists.request(ask.list, ask.sender))
+        return None
+    if ask.command == "unsubscribe":
+        lists.remove(ask.list, ask.sender)
+        log.info("%r: %r cancelled the subscription", ask.address(), ask.sender)
+        return START
+    if ask.command == "post":
+        raise SMTPError(550, f"5.7.1 Confirm your subscription to {ask.address()} first")
+    if not lists.confirm(ask.list, ask.sender, ask.token or ""):
+        raise SMTPError(550, f"5.7.1 Wrong confirmation token for {ask.address()}")
+    log.info("%r: %r is now a member", ask.address(), ask.sender)
+    listmail.notice(ask.list, ask.host, ask.sender, "welcome")
+    return POSTING
+
+
+@route_like(START)
+def POSTING(
+    message: MailRequest,
+    list: str | None = None,
+    action: str | None = None,
+    token: str | None = None,
+    host: str | None = None,
+) -> State | None:
+    """A member: posts go to every member; unsubscribing leaves the list."""
+    if (ask := _ask(message, list, action, token, host)) is None:
+        return None
+    if lists.status(ask.list, ask.sender) != "member":
+        return _recover(ask)
+    if ask.command == "post":
+        members = sorted(lists.read(ask.list).members)
+        sent = listmail.distribute(ask.list, ask.host, ask.message, members)
+        log.info("%r: post from %r sent to %d members", ask.address(), ask.sender, sent)
+    elif ask.command == "subscribe":
+        listmail.notice(ask.list, ask.host, ask.sender, "already")
+    elif ask.command == "unsubscribe":
+        lists.remove(ask.list, ask.sender)
+        log.info("%r: %r left", ask.address(), ask.sender)
+        listmail.notice(ask.list, ask.host, ask.sender, "goodbye")
+        return START
+    return None  # a confirmation sent twice: nothing more to do
+
+
+@route_like(START)
+def ERROR(
+    message: MailRequest,
+    list: str | None = None,
+    action: str | None = None,
+    token: str | None = None,
+    host: str | None = None,
+) -> State | None:
+    """A handler failed for this sender earlier: carry on from what the list file says."""
+    ask = _ask(message, list, action, token, host)
+    return None if ask is None else _recover(ask)

@@ -1,0 +1,7 @@
+"""``python -m mailrouter``: the same as the ``mailrouter`` command."""
+
+from __future__ import annotations
+
+from .cli import main
+
+main(prog_name="mailrouter")

@@ -1,0 +1,340 @@
+"""Process management: the pid file, detaching into the background, stopping, dropping privileges.
+
+The pid file holds only the pid (as systemd's ``PIDFile=`` expects); the address the server is
+bound to is written beside it, in ``<pid_file>.address``, for ``mailrouter status``. Both are
+written by the server process once its socket is bound, and removed when it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .config import Settings
+from .errors import MailRouterError
+
+log = logging.getLogger(__name__)
+
+Ready = Callable[[str], None]
+STARTUP_TIMEOUT = 60.0
+_POLL = 0.05
+
+
+def pid_path(settings: Settings) -> Path:
+    """Where the pid file is."""
+    return settings.path(settings.pid_file)
+
+
+def address_path(settings: Settings) -> Path:
+    """Where the bound address is written, beside the pid file."""
+    return Path(f"{pid_path(settings)}.address")
+
+
+def read_pid(path: str | os.PathLike[str]) -> int | None:
+    """The pid in the pid file ``path``; None if it is missing or holds no pid."""
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise MailRouterError(f"cannot read pid file {path}: {exc.strerror}") from None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, but belongs to another user
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    return True
+
+
+def running_pid(settings: Settings) -> int | None:
+    """The pid of the running server according to the pid file; None if it is not running."""
+    pid = read_pid(pid_path(settings))
+    return pid if pid is not None and pid_alive(pid) else None
+
+
+def read_address(settings: Settings) -> str:
+    """The address the running server is bound to, or ``"?"`` if it was not recorded."""
+    with contextlib.suppress(OSError):
+        return address_path(settings).read_text(encoding="utf-8").strip() or "?"
+    return "?"
+
+
+def ensure_not_running(settings: Settings) -> None:
+    """Raise if the pid file names a live process; remove a stale pid file."""
+    pid = running_pid(settings)
+    if pid is not None:
+        raise MailRouterError(f"mailrouter is already running (pid {pid})")
+    if pid_path(settings).exists():
+        log.info("removing stale pid file %s", pid_path(settings))
+        remove_pid_file(settings, pid=None)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_pid_file(settings: Settings, address: str) -> None:
+    """Record this process's pid and its bound address (each file replaced atomically)."""
+    path = pid_path(settings)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(address_path(settings), f"{address}\n")
+        _write_atomically(path, f"{os.getpid()}\n")
+    except OSError as exc:
+        raise MailRouterError(f"cannot write pid file {path}: {exc.strerror}") from None
+
+
+def remove_pid_file(settings: Settings, pid: int | None) -> None:
+    """Remove the pid and address files, if the pid file names ``pid`` (None: whatever it says)."""
+    path = pid_path(settings)
+    with contextlib.suppress(MailRouterError):
+        if pid is not None and read_pid(path) != pid:
+            return
+    for name in (path, address_path(settings)):
+        with contextlib.suppress(FileNotFoundError):
+            name.unlink()
+
+
+@contextlib.contextmanager
+def pid_file(settings: Settings) -> Iterator[Ready]:
+    """Yield the ``on_ready`` callback that writes the pid file; remove it again on exit."""
+    try:
+        yield lambda address: write_pid_file(settings, address)
+    finally:
+        with contextlib.suppress(OSError):
+            remove_pid_file(settings, os.getpid())
+
+
+def detach(settings: Settings, start: Callable[[Ready], None]) -> str:
+    """Run ``start(on_ready)`` in a daemon process; return the address once it is bound.
+
+    Double fork and ``setsid`` so the daemon has no controlling terminal; it runs in the project
+    folder with umask 022 and stdio on /dev/null. A pipe carries ``ready ADDRESS`` or
+    ``error MESSAGE`` back; a daemon that dies silently, or never answers, is an error too.
+    """
+    ensure_not_running(settings)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked processes
+        os.close(read_end)
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        os._exit(_daemon_main(settings, start, write_end))
+    os.close(write_end)
+    try:
+        os.waitpid(child, 0)
+        answer = _read_answer(read_end, STARTUP_TIMEOUT)
+    finally:
+        os.close(read_end)
+    status, _, detail = answer.partition(" ")
+    if status == "ready" and detail:
+        return detail
+    if status == "error" and detail:
+        raise MailRouterError(detail)
+    log_file = settings.path(settings.log_file)
+    if status == "timeout":
+        raise MailRouterError(
+            f"mailrouter did not get ready within {STARTUP_TIMEOUT:g}s; see {log_file}"
+        )
+    raise MailRouterError(f"mailrouter exited during startup; see {log_file}")
+
+
+def _read_answer(fd: int, timeout: float) -> str:
+    """The first line the daemon writes to the readiness pipe; "" on EOF, "timeout" on none."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return "timeout"
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.partition(b"\n")[0].decode("utf-8", "replace").strip()
+
+
+def _daemon_main(
+    settings: Settings, start: Callable[[Ready], None], pipe: int
+) -> int:  # pragma: no cover - runs in the daemon
+    """The daemon's life: detach from the caller's context, run ``start``, report on the pipe."""
+    reported = False
+
+    def report(line: str) -> None:
+        nonlocal reported
+        if not reported:
+            reported = True
+            with contextlib.suppress(OSError):
+                os.write(pipe, (" ".join(line.split()) + "\n").encode())
+                os.close(pipe)
+
+    def on_ready(address: str) -> None:
+        write_pid_file(settings, address)
+        report(f"ready {address}")
+
+    code = 0
+    try:
+        os.chdir(settings.root)
+        os.umask(0o022)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        with pid_file(settings):
+            start(on_ready)
+    except (MailRouterError, OSError) as exc:
+        log.error("%s", exc)
+        report(f"error {exc}")
+        code = 1
+    except BaseException as exc:
+        log.exception("mailrouter failed")
+        report(f"error {type(exc).__name__}: {exc}")
+        code = 1
+    finally:
+        report("error mailrouter stopped before it was ready")
+        logging.shutdown()
+    return code
+
+
+def stop(settings: Settings, timeout: float, force: bool) -> int:
+    """Stop the running server: SIGTERM, wait up to ``timeout`` seconds, SIGKILL if ``force``.
+
+    Returns the pid that was stopped; raises if no server is running or it would not stop.
+    """
+    pid = running_pid(settings)
+    if pid is None:
+        remove_pid_file(settings, pid=None)
+        raise MailRouterError("mailrouter is not running")
+    _signal(pid, signal.SIGTERM)
+    if not _wait_for_exit(pid, timeout):
+        if not force:
+            raise MailRouterError(
+                f"mailrouter (pid {pid}) is still running after {timeout:g}s; "
+                "use --force to kill it"
+            )
+        log.warning("mailrouter (pid %d) did not stop in %gs; killing it", pid, timeout)
+        _signal(pid, signal.SIGKILL)
+        if not _wait_for_exit(pid, 10.0):
+            raise MailRouterError(f"mailrouter (pid {pid}) survived SIGKILL")
+    remove_pid_file(settings, pid)
+    return pid
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise MailRouterError(f"not permitted to signal mailrouter (pid {pid})") from None
+
+
+def _wait_for_exit(pid: int, timeout: float) -> bool:
+    """Poll until ``pid`` is gone or ``timeout`` seconds have passed; whether it is gone."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL)
+    return True
+
+
+def drop_privileges(settings: Settings) -> None:
+    """Switch to ``settings.user``/``settings.group`` (after binding); refuse to stay root.
+
+    What the server created as root and still writes (the pid file's folder, the queue, the
+    state file, the log file, the Unix socket) is handed to the new user first. Still running
+    as root afterwards is an error unless ``allow_root`` is set.
+    """
+    if settings.user or settings.group:
+        _switch_user(settings)
+    if os.geteuid() == 0 and not settings.allow_root:
+        raise MailRouterError(
+            "refusing to run as root: set user (and group) to switch to after binding, "
+            "or allow_root = true"
+        )
+
+
+def _switch_user(settings: Settings) -> None:
+    """setgid/initgroups/setuid to the configured user and group (by name or number)."""
+    user = _user(settings.user) if settings.user else None
+    gid = _group(settings.group) if settings.group else (user.pw_gid if user else os.getgid())
+    uid = user.pw_uid if user else os.getuid()
+    if os.geteuid() != 0:
+        if uid == os.geteuid() and gid == os.getegid():
+            return
+        raise MailRouterError(
+            f"cannot switch to user {settings.user or '-'!r} / group {settings.group or '-'!r}: "
+            "mailrouter must be started as root to change user"
+        )
+    try:
+        for path in _runtime_paths(settings):
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(path, uid, gid)
+        if user is not None:
+            os.initgroups(user.pw_name, gid)
+        else:
+            os.setgroups([gid])
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as exc:
+        raise MailRouterError(f"cannot switch to uid {uid}, gid {gid}: {exc.strerror}") from None
+    log.info("running as uid %d, gid %d", uid, gid)
+
+
+def _runtime_paths(settings: Settings) -> list[Path]:
+    """The files and folders a running server writes to."""
+    queue = settings.path(settings.undeliverable)
+    paths = [pid_path(settings).parent, queue, *(queue / name for name in ("tmp", "new", "cur"))]
+    log_file = settings.path(settings.log_file)
+    paths += [log_file.parent, log_file]
+    url = settings.state_store_url()
+    if url.startswith("shelve://"):
+        state = Path(url.removeprefix("shelve://"))
+        paths += [state.parent, state]
+        paths += [Path(f"{state}{suffix}") for suffix in ("-wal", "-shm", ".lock")]
+    if settings.unix_socket:
+        paths.append(settings.path(settings.unix_socket))
+    return paths
+
+
+def _user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        raise MailRouterError(f"unknown user {name!r} (setting 'user')") from None
+
+
+def _group(name: str) -> int:
+    try:
+        return (grp.getgrgid(int(name)) if name.isdigit() else grp.getgrnam(name)).gr_gid
+    except KeyError:
+        raise MailRouterError(f"unknown group {name!r} (setting 'group')") from None

@@ -1,0 +1,183 @@
+"""mailrouter behind a real Postfix: SMTP and LMTP next hop, deferral and retry, bounces.
+
+Each test runs its own throw-away Postfix (``tests/postfix.py``) that relays ``router.test`` over
+SMTP and ``lmtp.test`` over LMTP to a mailrouter ``Server`` running on the test's event loop, and
+reads the outcome of each delivery from Postfix's own log. Skipped without Postfix or root,
+except under ``CI=true`` where that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from postfix import (
+    LMTP_DOMAIN,
+    SMTP_DOMAIN,
+    PostfixInstance,
+    free_port,
+    require_postfix,
+)
+
+from mailrouter.config import Settings
+from mailrouter.server import Server, build_router
+
+APP = """
+from mailrouter import route, stateless, SMTPError
+
+delivered = []
+
+@route("bounce@(host)")
+@stateless
+def BOUNCE(message, host=None):
+    raise SMTPError(550, "5.1.1 No such user here")
+
+@route("(user)@(host)", user="[a-z0-9.+-]+")
+def START(message, user=None, host=None):
+    delivered.append((message.recipient, message["Subject"]))
+"""
+
+SENDER = "alice@example.org"
+StartPostfix = Callable[..., Awaitable[PostfixInstance]]
+
+
+def message(subject: str) -> bytes:
+    """A small message with a Subject that tells this test's mail apart."""
+    return (
+        f"From: {SENDER}\r\nTo: someone@{SMTP_DOMAIN}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{subject.replace(' ', '-')}@example.org>\r\n\r\nHello.\r\n"
+    ).encode()
+
+
+@pytest.fixture
+def app(make_module: Callable[..., str]) -> str:
+    return make_module(APP)
+
+
+def delivered(app: str) -> list[tuple[str, str]]:
+    """What the handler module recorded: (recipient, Subject) per delivered recipient."""
+    return sys.modules[app].delivered  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def start_postfix(tmp_path: Path) -> Iterator[StartPostfix]:
+    """Start a Postfix (in a worker thread) whose next hops are the given ports; always stopped."""
+    require_postfix()
+    instances: list[PostfixInstance] = []
+
+    async def start(next_hop_port: int, *, lmtp_port: int | None = None) -> PostfixInstance:
+        assert not instances, "one Postfix per test"
+        instance = PostfixInstance(tmp_path, next_hop_port, lmtp_port=lmtp_port)
+        instances.append(instance)
+        await asyncio.to_thread(instance.start)
+        return instance
+
+    yield start
+    for instance in instances:
+        instance.stop()
+
+
+@asynccontextmanager
+async def mailrouter(
+    tmp_path: Path, app: str, *, port: int = 0, protocol: Literal["smtp", "lmtp"] = "smtp"
+) -> AsyncIterator[Server]:
+    """mailrouter's real server for ``app`` on 127.0.0.1, serving both test domains."""
+    config = tmp_path / "config"
+    config.mkdir(exist_ok=True)
+    settings = Settings(
+        port=port,
+        protocol=protocol,
+        handlers=(app,),
+        defaults={"host": r"router\.test|lmtp\.test"},
+        config_dir=str(config),
+    )
+    router = build_router(settings)
+    server = Server(settings, router)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop(timeout=5)
+        router.store.close()
+
+
+async def test_postfix_relays_over_smtp_to_the_handler(
+    tmp_path: Path, app: str, start_postfix: StartPostfix
+) -> None:
+    async with mailrouter(tmp_path, app) as server:
+        port = server.port
+        postfix = await start_postfix(port)
+        rcpt = f"bob@{SMTP_DOMAIN}"
+        queue_id = await postfix.asend(SENDER, rcpt, message("over smtp"))
+        line = await postfix.await_status(queue_id, rcpt, "sent")
+    assert f"relay=127.0.0.1[127.0.0.1]:{port}" in line
+    assert "250 2.0.0 Ok: queued as" in line
+    assert delivered(app) == [(rcpt, "over smtp")]
+
+
+async def test_postfix_relays_over_lmtp_with_one_reply_per_recipient(
+    tmp_path: Path, app: str, start_postfix: StartPostfix
+) -> None:
+    async with mailrouter(tmp_path, app, protocol="lmtp") as server:
+        port = server.port
+        postfix = await start_postfix(free_port(), lmtp_port=port)
+        both = [f"a@{LMTP_DOMAIN}", f"b@{LMTP_DOMAIN}"]
+        first = await postfix.asend(SENDER, both, message("two recipients"))
+        sent = [await postfix.await_status(first, rcpt, "sent") for rcpt in both]
+
+        ok, bounce = f"ok@{LMTP_DOMAIN}", f"bounce@{LMTP_DOMAIN}"
+        mark = postfix.log_mark()
+        second = await postfix.asend(SENDER, [ok, bounce], message("one of two bounces"))
+        ok_line = await postfix.await_status(second, ok, "sent", since=mark)
+        bounce_line = await postfix.await_status(second, bounce, "bounced", since=mark)
+        await postfix.await_log(rf"\b{second}: removed\b", since=mark)
+
+    for rcpt, line in zip(both, sent, strict=True):
+        assert f"relay=127.0.0.1[127.0.0.1]:{port}" in line
+        assert f"250 2.0.0 <{rcpt}>" in line
+    assert f"250 2.0.0 <{ok}>" in ok_line
+    assert "550 5.1.1 No such user here" in bounce_line
+    assert postfix.log_text().count(f"{second}: to=<{ok}>") == 1  # delivered once, not retried
+    assert delivered(app) == [
+        (both[0], "two recipients"),
+        (both[1], "two recipients"),
+        (ok, "one of two bounces"),
+    ]
+
+
+async def test_postfix_defers_while_mailrouter_is_down_then_delivers_once(
+    tmp_path: Path, app: str, start_postfix: StartPostfix
+) -> None:
+    port = free_port()
+    postfix = await start_postfix(port)
+    rcpt = f"bob@{SMTP_DOMAIN}"
+    queue_id = await postfix.asend(SENDER, rcpt, message("while down"))
+    deferred = await postfix.await_status(queue_id, rcpt, "deferred")
+    assert "Connection refused" in deferred
+    assert not postfix.queue_empty()
+
+    async with mailrouter(tmp_path, app, port=port):
+        mark = postfix.log_mark()
+        await postfix.aflush()
+        await postfix.await_status(queue_id, rcpt, "sent", since=mark)
+        await postfix.await_log(rf"\b{queue_id}: removed\b", since=mark)
+        assert await asyncio.to_thread(postfix.queue_empty)
+    assert delivered(app) == [(rcpt, "while down")]
+    assert postfix.log_text().count(f"{queue_id}: to=<{rcpt}>") == 2  # deferred once, sent once
+
+
+async def test_handler_smtp_error_bounces_the_recipient_over_smtp(
+    tmp_path: Path, app: str, start_postfix: StartPostfix
+) -> None:
+    async with mailrouter(tmp_path, app) as server:
+        postfix = await start_postfix(server.port)
+        rcpt = f"bounce@{SMTP_DOMAIN}"
+        queue_id = await postfix.asend(SENDER, rcpt, message("refused"))
+        line = await postfix.await_status(queue_id, rcpt, "bounced")
+    assert "said: 550 5.1.1 No such user here" in line
+    assert delivered(app) == []
