@@ -331,8 +331,8 @@ def _not_queued(key: str) -> MailRouterError:
 def queue_list(config: str) -> None:
     """List the queued messages, oldest first."""
     store = _open_queue(config)
-    rows = []
-    for key in store.keys():
+    keys, rows = store.keys(), []
+    for key in keys:
         try:
             entry = store.read(key)
         except KeyError:

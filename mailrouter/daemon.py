@@ -142,7 +142,7 @@ def detach(settings: Settings, start: Callable[[Ready], None]) -> str:
     sys.stderr.flush()
     read_end, write_end = os.pipe()
     child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked processes
+    if child == 0:  # the first child: a new session, then the daemon in a second fork
         os.close(read_end)
         os.setsid()
         if os.fork() != 0:
@@ -182,9 +182,7 @@ def _read_answer(fd: int, timeout: float) -> str:
     return data.partition(b"\n")[0].decode("utf-8", "replace").strip()
 
 
-def _daemon_main(
-    settings: Settings, start: Callable[[Ready], None], pipe: int
-) -> int:  # pragma: no cover - runs in the daemon
+def _daemon_main(settings: Settings, start: Callable[[Ready], None], pipe: int) -> int:
     """The daemon's life: detach from the caller's context, run ``start``, report on the pipe."""
     reported = False
 
@@ -196,10 +194,6 @@ def _daemon_main(
                 os.write(pipe, (" ".join(line.split()) + "\n").encode())
                 os.close(pipe)
 
-    def on_ready(address: str) -> None:
-        write_pid_file(settings, address)
-        report(f"ready {address}")
-
     code = 0
     try:
         os.chdir(settings.root)
@@ -208,7 +202,12 @@ def _daemon_main(
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
-        with pid_file(settings):
+        with pid_file(settings) as write_pid:
+
+            def on_ready(address: str) -> None:
+                write_pid(address)
+                report(f"ready {address}")
+
             start(on_ready)
     except (MailRouterError, OSError) as exc:
         log.error("%s", exc)

@@ -440,7 +440,8 @@ async def test_send_composes_a_proper_message(tmp_path: Path, make_module: MakeM
     assert message["Subject"] == "Grüße"
     assert message["To"] == "ann@example.com, bob@example.com"
     assert message["Date"] and message["Message-ID"]
-    assert message.get_body().get_content().rstrip() == "Hello there."
+    body = message.get_body()
+    assert body is not None and body.get_content().rstrip() == "Hello there."
     parts = {part.get_filename(): part for part in message.iter_attachments()}
     assert parts["notes.txt"].get_content_type() == "text/plain"
     assert parts["pixel.png"].get_content() == b"\x89PNG\r\n\x1a\n"

@@ -181,3 +181,28 @@ async def test_handler_smtp_error_bounces_the_recipient_over_smtp(
         line = await postfix.await_status(queue_id, rcpt, "bounced")
     assert "said: 550 5.1.1 No such user here" in line
     assert delivered(app) == []
+
+
+@pytest.fixture(autouse=True)
+def _timing(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    import functools
+    import time
+
+    for name in ("_run",):
+        orig = getattr(PostfixInstance, name)
+
+        def wrap(orig=orig, name=name):  # type: ignore[no-untyped-def]
+            @functools.wraps(orig)
+            def s(self, *args, **kw):  # type: ignore[no-untyped-def]
+                t = time.monotonic()
+                try:
+                    return orig(self, *args, **kw)
+                except Exception as exc:
+                    print(f"ERROR {args} {exc}\nLOG:{self.log_tail()}\nPORT {self.smtp_port} {self.next_hop_port} {self.lmtp_port}")
+                    raise
+                finally:
+                    print(f"TIMING {request.node.name} {name} {args} {time.monotonic() - t:.2f}")
+
+            return s
+
+        monkeypatch.setattr(PostfixInstance, name, wrap())
