@@ -202,6 +202,12 @@ class Router:
         """Forget every sender's state."""
         self.store.clear()
 
+    def close(self) -> None:
+        """Close the state store and shut down the executor the router was given."""
+        self.store.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+
     def _in_state(self, handler: Handler, message: MailRequest) -> bool:
         return self.get_state(handler.module, message) == handler.name
 

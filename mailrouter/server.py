@@ -374,7 +374,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = 
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
-        router.store.close()
+        router.close()
     log.info("mailrouter stopped")
 
 

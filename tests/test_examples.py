@@ -53,9 +53,7 @@ async def serving(settings: Settings) -> AsyncIterator[Server]:
         yield server
     finally:
         await server.stop(timeout=5)
-        router.store.close()
-        if router.executor is not None:
-            router.executor.shutdown()
+        router.close()
 
 
 def running(

@@ -69,7 +69,7 @@ async def running(tmp_path: Path, app: str, **overrides: Any) -> AsyncIterator[S
         yield server
     finally:
         await server.stop(timeout=5)
-        router.store.close()
+        router.close()
 
 
 def smtp_send(port: int, sender: str, rcpts: list[str], data: bytes = MESSAGE) -> Any:
