@@ -42,6 +42,8 @@ class Settings:
     session_timeout: float = 1800.0
     max_connections: int = 100
     max_errors: int = 10
+    max_received_headers: int = 50
+    handler_timeout: float = 300.0
     tls_cert: str = ""
     tls_key: str = ""
     require_starttls: bool = False

@@ -79,6 +79,15 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def _hops(data: bytes) -> int:
+    """How many ``Received:`` headers the message has (each MTA on its way adds one)."""
+    end = data.find(b"\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    header = data if end < 0 else data[: end + 1]
+    return sum(1 for line in header.split(b"\n") if line[:9].lower() == b"received:")
+
+
 def _enhance(status: str) -> str:
     """Add an enhanced status code to an error reply that lacks one."""
     code = status[:3]
@@ -206,11 +215,24 @@ class Handler:
         request = MailRequest(
             session.peer, sender, envelope.rcpt_tos, envelope.original_content or b""
         )
+        if _hops(request.data) > self.settings.max_received_headers:
+            log.warning("%s: mail loop from %r refused", message_id, request.sender)
+            return self._all("554 5.4.6 Too many hops: mail loop detected", request)
         self.in_flight += 1
         self.idle.clear()
         server.delivering = True
         try:
-            result = await self.router.deliver(request)
+            result = await asyncio.wait_for(
+                self.router.deliver(request), self.settings.handler_timeout or None
+            )
+        except TimeoutError:
+            log.error(
+                "%s: handlers for %r took over %ss",
+                message_id,
+                request.recipients,
+                self.settings.handler_timeout,
+            )
+            return self._all("451 4.3.0 Handler timed out, try again later", request)
         except Exception:
             log.exception("%s: delivery from %r failed", message_id, request.sender)
             return self._all("451 4.3.0 Temporary failure, try again later", request)
