@@ -1,0 +1,95 @@
+"""Nothing acknowledged is lost: kill -9 a busy daemon, restart it, and account for every 250."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import smtplib
+import threading
+import time
+from pathlib import Path
+
+from test_daemon import Project
+
+from mailrouter.queue import Queue
+
+RECORDER = """
+from mailrouter import route, route_like
+
+def record(message):
+    with open({record!r}, "a") as out:
+        out.write(message["Message-ID"] + "\\n")
+
+@route("rec@(host)")
+def START(message, host=None):
+    record(message)
+    return COUNTED
+
+@route_like(START)
+def COUNTED(message, host=None):
+    record(message)
+    return START
+"""
+
+CONFIG = """
+handlers = []
+[defaults]
+host = 'example\\.com'
+"""
+
+
+def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    project = Project(tmp_path / "proj")
+    handlers = project.folder / "config" / "handlers"
+    handlers.mkdir(parents=True)
+    (project.folder / "config" / "mailrouter.toml").write_text(CONFIG)
+    record = tmp_path / "record.txt"
+    record.touch()
+    (handlers / "recorder.py").write_text(RECORDER.format(record=str(record)))
+    port, pid = project.start()
+    acknowledged: list[str] = []
+    guard = threading.Lock()
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                for i in range(2000):
+                    if stop.is_set():
+                        return
+                    message_id = f"<{number}.{i}@crash.test>"
+                    rcpt = "nobody@example.com" if i % 5 == 4 else "rec@example.com"
+                    data = f"Message-ID: {message_id}\r\nSubject: {i}\r\n\r\nbody\r\n".encode()
+                    smtp.sendmail(f"sender{number}@x.org", [rcpt], data)
+                    with guard:
+                        acknowledged.append(message_id)
+        except (OSError, smtplib.SMTPException):
+            return  # the server was killed under us
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for thread in clients:
+        thread.start()
+    deadline = time.monotonic() + 30
+    target = random.randint(300, 2500)  # kill at a random point in the stream
+    while len(acknowledged) < target and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.kill(pid, signal.SIGKILL)
+    stop.set()
+    for thread in clients:
+        thread.join(30)
+    try:
+        assert len(acknowledged) >= 300, "the clients were too slow to test anything"
+        # the restarted server opens the same state file and queue, and serves again
+        port, pid = project.start()
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            smtp.sendmail("after@x.org", ["rec@example.com"], b"Message-ID: <after@x>\r\n\r\nx\r\n")
+        recorded = set(record.read_text().split())
+        queue = Queue(project.folder / "run" / "undeliverable")
+        queued = {queue.get(key)["Message-ID"] for key in queue.keys()}  # noqa: SIM118
+        lost = [mid for mid in acknowledged if mid not in recorded and mid not in queued]
+        assert lost == []
+        assert "<after@x>" in recorded
+        assert project.run("stop").returncode == 0
+    finally:
+        project.kill_all()
