@@ -93,3 +93,20 @@ def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
         assert project.run("stop").returncode == 0
     finally:
         project.kill_all()
+
+
+def test_a_corrupt_state_file_stops_the_start_with_a_clear_error(tmp_path: Path) -> None:
+    project = Project(tmp_path / "proj")
+    (project.folder / "config").mkdir(parents=True)
+    (project.folder / "config" / "mailrouter.toml").write_text(CONFIG)
+    state = project.folder / "run" / "state.db"
+    state.parent.mkdir()
+    state.write_bytes(b"this is not a database" * 100)
+    try:
+        result = project.run("start", "--port", "0")
+        assert result.returncode != 0
+        assert str(state) in result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.count("\n") == 1
+        assert state.read_bytes() == b"this is not a database" * 100  # not replaced by an empty one
+    finally:
+        project.kill_all()
