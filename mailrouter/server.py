@@ -173,6 +173,23 @@ class _Session(SMTP):
 class _LMTPSession(_Session, LMTP):
     """The LMTP variant: LHLO instead of EHLO, and one reply per recipient after DATA."""
 
+    _replies_due = 0  # after the 354: how many replies the end of DATA owes the client
+
+    async def smtp_DATA(self, arg: str) -> None:
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._replies_due = 0
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and status.startswith("354") and self.envelope is not None:
+            self._replies_due = len(self.envelope.rcpt_tos)
+        elif isinstance(status, str) and status[:1] in "45" and "\r\n" not in status:
+            # an error aiosmtpd gives the whole DATA (too big, line too long) is every
+            # recipient's reply: LMTP clients wait for one per accepted recipient (RFC 2033)
+            status = "\r\n".join([status] * max(self._replies_due, 1))
+        await super().push(status)
+
 
 class Handler:
     """The aiosmtpd event handler: records the envelope and hands each message to the router."""

@@ -9,7 +9,9 @@ except under ``CI=true`` where that is a failure.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -66,20 +68,31 @@ def delivered(app: str) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def start_postfix(tmp_path: Path) -> Iterator[StartPostfix]:
-    """Start a Postfix (in a worker thread) whose next hops are the given ports; always stopped."""
+    """Start a Postfix (in a worker thread) whose next hops are the given ports; always stopped.
+
+    The instance lives in a private temporary folder, not under ``tmp_path``: every new pytest
+    session resets ``/tmp/pytest-of-<user>`` to 0700, and if another session starts while this
+    Postfix starts, its master (running as the ``postfix`` user there) cannot reach its data
+    folder. Its log is copied to ``tmp_path`` afterwards, for post-mortems.
+    """
     require_postfix()
     instances: list[PostfixInstance] = []
+    with tempfile.TemporaryDirectory(prefix="mailrouter-postfix-") as folder:
 
-    async def start(next_hop_port: int, *, lmtp_port: int | None = None) -> PostfixInstance:
-        assert not instances, "one Postfix per test"
-        instance = PostfixInstance(tmp_path, next_hop_port, lmtp_port=lmtp_port)
-        instances.append(instance)
-        await asyncio.to_thread(instance.start)
-        return instance
+        async def start(next_hop_port: int, *, lmtp_port: int | None = None) -> PostfixInstance:
+            assert not instances, "one Postfix per test"
+            instance = PostfixInstance(Path(folder), next_hop_port, lmtp_port=lmtp_port)
+            instances.append(instance)
+            await asyncio.to_thread(instance.start)
+            return instance
 
-    yield start
-    for instance in instances:
-        instance.stop()
+        try:
+            yield start
+        finally:
+            for instance in instances:
+                instance.stop()
+                if instance.log_path.exists():
+                    shutil.copyfile(instance.log_path, tmp_path / "postfix.log")
 
 
 @asynccontextmanager
@@ -181,28 +194,3 @@ async def test_handler_smtp_error_bounces_the_recipient_over_smtp(
         line = await postfix.await_status(queue_id, rcpt, "bounced")
     assert "said: 550 5.1.1 No such user here" in line
     assert delivered(app) == []
-
-
-@pytest.fixture(autouse=True)
-def _timing(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
-    import functools
-    import time
-
-    for name in ("_run",):
-        orig = getattr(PostfixInstance, name)
-
-        def wrap(orig=orig, name=name):  # type: ignore[no-untyped-def]
-            @functools.wraps(orig)
-            def s(self, *args, **kw):  # type: ignore[no-untyped-def]
-                t = time.monotonic()
-                try:
-                    return orig(self, *args, **kw)
-                except Exception as exc:
-                    print(f"ERROR {args} {exc}\nLOG:{self.log_tail()}\nPORT {self.smtp_port} {self.next_hop_port} {self.lmtp_port}")
-                    raise
-                finally:
-                    print(f"TIMING {request.node.name} {name} {args} {time.monotonic() - t:.2f}")
-
-            return s
-
-        monkeypatch.setattr(PostfixInstance, name, wrap())

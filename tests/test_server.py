@@ -311,3 +311,32 @@ async def test_full_disk_is_452_and_nothing_is_half_written(tmp_path: Path, app:
             assert await asyncio.to_thread(smtp_send, server.port, "joe@x.org", ["no@x.org"]) == {}
     finally:
         subprocess.run(["umount", str(queue_dir)], check=True)
+
+
+async def test_lmtp_data_errors_get_one_reply_per_recipient(tmp_path: Path, app: str) -> None:
+    big = MESSAGE + (b"x" * 76 + b"\r\n") * 30
+    async with running(tmp_path, app, protocol="lmtp", max_message_size=1000) as server:
+        replies = await asyncio.to_thread(
+            lmtp_send, server.port, "joe@x.org", ["a@example.com", "b@example.com"], big
+        )
+        assert [(code, text[:5]) for code, text in replies] == [(552, b"5.3.4")] * 2
+        # the session is still in step: the next message on a new connection is served
+        ok = await asyncio.to_thread(
+            lmtp_send, server.port, "joe@x.org", ["c@example.com"], MESSAGE
+        )
+        assert [code for code, _ in ok] == [250]
+
+
+async def test_lmtp_errors_before_data_starts_are_single_replies(tmp_path: Path, app: str) -> None:
+    async with running(tmp_path, app, protocol="lmtp") as server:
+
+        def talk() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+            with smtplib.LMTP("127.0.0.1", server.port, timeout=10) as client:
+                client.ehlo()
+                client.mail("joe@x.org")
+                client.rcpt("a@example.com")
+                client.rcpt("b@example.com")
+                return client.docmd("DATA", "junk"), client.noop()
+
+        syntax, noop = await asyncio.to_thread(talk)
+    assert syntax[0] == 501 and noop[0] == 250  # one 501, then the session is in step
