@@ -19,8 +19,10 @@ from click.testing import CliRunner, Result
 from helpers import mail
 from test_server import running
 
-from mailrouter import __version__, cli
-from mailrouter.cli import main
+from mailrouter import __version__
+from mailrouter.cli import common, main
+from mailrouter.cli import queue as queue_cli
+from mailrouter.cli import server as server_cli
 from mailrouter.config import FIELDS, Settings, load_settings
 from mailrouter.queue import Queue
 from mailrouter.state import ShelveStorage
@@ -147,7 +149,7 @@ def test_a_broken_handler_module_is_one_line(project: Path) -> None:
 
 
 def test_start_has_an_option_for_every_setting() -> None:
-    params = {param.name: param for param in cli.start.params}
+    params = {param.name: param for param in server_cli.start.params}
     for name in FIELDS:
         if name not in ("config_dir", "defaults"):
             assert name in params, name
@@ -374,12 +376,12 @@ def test_queue_replay_removes_what_is_handled_now(project: Path) -> None:
 
 def test_queue_replay_shows_progress_for_many(project: Path) -> None:
     queue = queue_of(project)
-    for _ in range(cli.PROGRESS_THRESHOLD + 1):
+    for _ in range(queue_cli.PROGRESS_THRESHOLD + 1):
         queue.push(mail(recipients=["hello@localhost"]))
     result = invoke("queue", "replay", "--config", config(project))
     assert result.exit_code == 0, result.output
     assert "replaying" in result.output
-    assert f"{cli.PROGRESS_THRESHOLD + 1} delivered, 0 still undeliverable" in result.stdout
+    assert f"{queue_cli.PROGRESS_THRESHOLD + 1} delivered, 0 still undeliverable" in result.stdout
     assert len(queue) == 0
 
 
@@ -594,5 +596,5 @@ def test_gen_refuses_a_non_empty_folder(tmp_path: Path) -> None:
 
 
 def test_table_aligns_columns() -> None:
-    text = cli._table(("A", "LONGER"), [("wide cell", "x"), ("y", "")])
+    text = common.table(("A", "LONGER"), [("wide cell", "x"), ("y", "")])
     assert text.splitlines() == ["A          LONGER", "wide cell  x", "y"]

@@ -1,0 +1,7 @@
+"""``python -m mailrouter.cli``: the same as the ``mailrouter`` command."""
+
+from __future__ import annotations
+
+from . import main
+
+main(prog_name="mailrouter")

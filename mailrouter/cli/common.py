@@ -1,0 +1,128 @@
+"""Helpers shared by the ``mailrouter`` commands: settings, the router, tables and logging."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.handlers
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..config import ENV_PREFIX, FIELDS, Settings, load_settings
+from ..errors import MailRouterError
+from ..routing import Router
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+# One line of help per setting: used for the ``start`` options and the generated config file.
+SETTING_HELP = {
+    "host": "Address to listen on.",
+    "port": "TCP port to listen on (0 picks a free one).",
+    "unix_socket": "Listen on this Unix socket path instead of host and port.",
+    "protocol": "Speak SMTP or LMTP.",
+    "hostname": "Name announced in greetings (empty: this machine's name).",
+    "max_message_size": "Largest message accepted, in bytes (0: no limit).",
+    "max_recipients": "Most recipients accepted per message.",
+    "idle_timeout": "Seconds a client may stay idle before it is disconnected.",
+    "session_timeout": "Seconds a whole session may last before it is disconnected.",
+    "max_connections": "Clients served at once; more are turned away with 421.",
+    "max_errors": "Bad commands a client may send before it is disconnected.",
+    "tls_cert": "Certificate file (PEM) that enables STARTTLS.",
+    "tls_key": "Private key file (PEM) of tls_cert (empty: the key is in tls_cert).",
+    "require_starttls": "Refuse mail from clients that have not used STARTTLS.",
+    "reject_unroutable": "Refuse recipients no route matches at RCPT time instead of queueing.",
+    "handlers": "Handler modules to load (import strings), besides config/handlers/*.py.",
+    "lock_scope": "Lock per sender and state key ('key') or one lock for all ('global').",
+    "executor_threads": "Threads that run plain (non-async) handlers and state store calls.",
+    "state_url": "Where senders' states are kept: shelve://PATH or memory://.",
+    "undeliverable": "Maildir queue of messages no handler took.",
+    "pid_file": "Pid file of the running server.",
+    "log_file": "Log file of the server when it runs in the background.",
+    "log_level": "Least important log messages written.",
+    "user": "When started as root: the user to switch to after binding.",
+    "group": "When started as root: the group to switch to after binding.",
+    "allow_root": "Allow the server to keep running as root (not recommended).",
+    "drain_timeout": "Seconds to let deliveries in progress finish when stopping.",
+}
+
+# The settings a user sets by option or in mailrouter.toml (the rest are derived).
+CLI_SETTINGS = [name for name in FIELDS if name not in ("config_dir", "defaults")]
+
+
+def setting_help(name: str) -> str:
+    """The one line of help for a setting."""
+    return SETTING_HELP.get(name) or f"The {name} setting."
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError as one short line, naming the file when there is one."""
+    if exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def config_option(func: F) -> F:
+    """The ``--config`` option: the project's config folder."""
+    return click.option(
+        "--config",
+        "config",
+        default="config",
+        show_default=True,
+        envvar=f"{ENV_PREFIX}CONFIG",
+        show_envvar=True,
+        type=click.Path(file_okay=False),
+        help="The project's config folder.",
+    )(func)
+
+
+def project_settings(config: str, overrides: dict[str, Any] | None = None) -> Settings:
+    """Load the settings of the project whose config folder is ``config`` (made absolute)."""
+    folder = Path(config).absolute()
+    if not folder.is_dir():
+        raise MailRouterError(
+            f"no config folder {config!r}: pass --config, or create a project with mailrouter gen"
+        )
+    return load_settings(folder, overrides)
+
+
+@contextlib.contextmanager
+def open_router(settings: Settings, *, readonly: bool) -> Iterator[Router]:
+    """A router built from the settings, closed (store and executor) afterwards."""
+    from ..server import build_router
+
+    router = build_router(settings, readonly=readonly)
+    try:
+        yield router
+    finally:
+        router.close()
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Rows as left-aligned columns under ``headers``, two spaces apart."""
+    lines = [list(headers), *(list(row) for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def configure_logging(settings: Settings, *, to_file: bool) -> None:
+    """Log to stderr (foreground) or the log file (background), at the configured level."""
+    handler: logging.Handler
+    if to_file:
+        path = settings.path(settings.log_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, handlers=[handler], force=True)
+    # aiosmtpd logs every session and command at INFO: keep that for DEBUG.
+    quiet = settings.log_level != "DEBUG"
+    logging.getLogger("mail.log").setLevel(logging.WARNING if quiet else logging.NOTSET)
