@@ -598,3 +598,27 @@ def test_gen_refuses_a_non_empty_folder(tmp_path: Path) -> None:
 def test_table_aligns_columns() -> None:
     text = common.table(("A", "LONGER"), [("wide cell", "x"), ("y", "")])
     assert text.splitlines() == ["A          LONGER", "wide cell  x", "y"]
+
+
+def test_log_lines_cannot_be_forged_by_client_data() -> None:
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(common.OneLineFormatter(common.LOG_FORMAT))
+    logger = logging.getLogger("test.forgery")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("sender: %s", "evil@x.org\r\n2026-01-01 00:00:00 INFO mailrouter: forged")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed for %s", "a\nb")
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith("sender: evil@x.org\\r\\n2026-01-01 00:00:00 INFO mailrouter: forged")
+    assert lines[1].endswith("failed for a\\nb")
+    assert lines[2] == "Traceback (most recent call last):"

@@ -113,6 +113,17 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     )
 
 
+class OneLineFormatter(logging.Formatter):
+    """Escapes CR and LF in log messages: client data can never forge or split a log line.
+
+    Tracebacks, appended after the message, keep their lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.replace("\r", "\\r").replace("\n", "\\n")
+        return super().formatMessage(record)
+
+
 def configure_logging(settings: Settings, *, to_file: bool) -> None:
     """Log to stderr (foreground) or the log file (background), at the configured level."""
     handler: logging.Handler
@@ -122,7 +133,8 @@ def configure_logging(settings: Settings, *, to_file: bool) -> None:
         handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, handlers=[handler], force=True)
+    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     # aiosmtpd logs every session and command at INFO: keep that for DEBUG.
     quiet = settings.log_level != "DEBUG"
     logging.getLogger("mail.log").setLevel(logging.WARNING if quiet else logging.NOTSET)
