@@ -52,6 +52,7 @@ class Settings:
     defaults: Mapping[str, str] = field(default_factory=dict)
     lock_scope: Literal["key", "global"] = "key"
     executor_threads: int = 16
+    workers: int = 1
     state_url: str = "shelve://run/state.db"
     undeliverable: str = "run/undeliverable"
     pid_file: str = "run/mailrouter.pid"

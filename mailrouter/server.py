@@ -340,7 +340,10 @@ class Server:
                 self._server = await loop.create_unix_server(self._session, str(path))
             else:
                 self._server = await loop.create_server(
-                    self._session, self.settings.host, self.settings.port
+                    self._session,
+                    self.settings.host,
+                    self.settings.port,
+                    reuse_port=self.settings.workers > 1 or None,
                 )
                 self._port = int(self._server.sockets[0].getsockname()[1])
         except OSError as exc:
@@ -429,5 +432,10 @@ def _reload(router: Router, settings: Settings) -> None:
 
 
 def run(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve ``settings`` in a new event loop until stopped by a signal."""
-    asyncio.run(serve(settings, on_ready=on_ready))
+    """Serve ``settings`` until stopped by a signal: in this process, or in ``workers``."""
+    if settings.workers > 1:
+        from .workers import run_workers
+
+        run_workers(settings, on_ready)
+    else:
+        asyncio.run(serve(settings, on_ready=on_ready))
