@@ -113,7 +113,7 @@ async def connection(port: int, messages: int, data: bytes, latencies: list[floa
         while True:
             line = await reader.readline()
             if line[3:4] != b"-":
-                if not line[:1] in b"23":
+                if line[:1] not in b"23":
                     raise RuntimeError(f"unexpected reply {line!r}")
                 return line
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import email.utils
+import re
 from collections.abc import Iterator, Sequence
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 from typing import Any
+
+_NEEDS_PARSING = re.compile(r'[<>"(),;:\\\s]')
 
 Peer = Any  # a (host, port) tuple for TCP, a path string for a Unix socket, or None
 
@@ -19,6 +22,8 @@ def normalize_address(address: str) -> str:
     text = address.strip()
     if text in ("", "<>"):
         return ""
+    if not _NEEDS_PARSING.search(text):  # already a bare address: the common case, made cheap
+        return text.casefold()
     _, bare = email.utils.parseaddr(text)
     if not bare:
         bare = text.strip("<>").strip()
@@ -42,7 +47,7 @@ class MailRequest:
     raises on broken input: malformed MIME is reported by the ``email`` package as defects.
     """
 
-    __slots__ = ("_parsed", "data", "peer", "recipient", "recipients", "sender")
+    __slots__ = ("_parsed", "_route_from", "data", "peer", "recipient", "recipients", "sender")
 
     def __init__(
         self,
@@ -60,18 +65,22 @@ class MailRequest:
             recipient if recipient is not None else (self.recipients[0] if self.recipients else "")
         )
         self._parsed = _Parsed()
+        self._route_from: str | None = None
 
     def for_recipient(self, recipient: str) -> MailRequest:
         """A view of this message while it is routed to ``recipient`` (the parse is shared)."""
         view = MailRequest.__new__(MailRequest)
         view.peer, view.sender, view.recipients = self.peer, self.sender, self.recipients
         view.data, view._parsed, view.recipient = self.data, self._parsed, recipient
+        view._route_from = self._route_from
         return view
 
     @property
     def route_from(self) -> str:
         """The normalised envelope sender: the identity a conversation's state is kept under."""
-        return normalize_address(self.sender)
+        if self._route_from is None:
+            self._route_from = normalize_address(self.sender)
+        return self._route_from
 
     @property
     def message(self) -> EmailMessage:

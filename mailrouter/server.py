@@ -258,13 +258,11 @@ class Handler:
             self.in_flight -= 1
             if not self.in_flight:
                 self.idle.set()
-        log.debug(
-            "%s: from %r to %r: %s",
-            message_id,
-            request.sender,
-            request.recipients,
-            [str(reply) for reply in result.replies],
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            replies = [str(reply) for reply in result.replies]
+            log.debug(
+                "%s: from %r to %r: %s", message_id, request.sender, request.recipients, replies
+            )
         return self._answer(result, message_id)
 
     def _answer(self, result: DeliveryResult, message_id: str) -> str:
