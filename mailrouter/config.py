@@ -55,6 +55,15 @@ class Settings:
     workers: int = 1
     state_url: str = "shelve://run/state.db"
     undeliverable: str = "run/undeliverable"
+    relay_host: str = ""
+    relay_port: int = 25
+    relay_starttls: Literal["auto", "require", "off"] = "auto"
+    relay_tls: bool = False
+    relay_username: str = ""
+    relay_password: str = ""
+    relay_timeout: float = 30.0
+    outbox: str = "run/outbox"
+    failed: str = "run/failed"
     pid_file: str = "run/mailrouter.pid"
     log_file: str = "logs/mailrouter.log"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -311,8 +311,10 @@ def _switch_user(settings: Settings) -> None:
 
 def _runtime_paths(settings: Settings) -> list[Path]:
     """The files and folders a running server writes to."""
-    queue = settings.path(settings.undeliverable)
-    paths = [pid_path(settings).parent, queue, *(queue / name for name in ("tmp", "new", "cur"))]
+    paths = [pid_path(settings).parent]
+    for queue in (settings.undeliverable, settings.outbox, settings.failed):
+        folder = settings.path(queue)
+        paths += [folder, *(folder / name for name in ("tmp", "new", "cur"))]
     log_file = settings.path(settings.log_file)
     paths += [log_file.parent, log_file]
     url = settings.state_store_url()

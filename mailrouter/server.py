@@ -17,6 +17,7 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from . import relay as outgoing
 from .config import Settings, handler_modules
 from .errors import MailRouterError, Status
 from .message import MailRequest
@@ -394,6 +395,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = 
     router = build_router(settings)
     server = Server(settings, router)
     stopping = asyncio.Event()
+    relay = outgoing.from_settings(settings)
+    outgoing.configure(relay)
+    retries: asyncio.Task[None] | None = None
     try:
         await server.start()
         drop_privileges(settings)
@@ -406,15 +410,20 @@ async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = 
             os.getpid(),
             len(router.routes()),
         )
+        retries = asyncio.create_task(relay.run_retries(stopping))
         if on_ready is not None:
             on_ready(server.address)
         await stopping.wait()
         log.info("stopping: draining deliveries")
         await server.stop()
     finally:
+        stopping.set()
+        if retries is not None:
+            await retries
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         router.close()
+        outgoing.configure(None)
     log.info("mailrouter stopped")
 
 
