@@ -43,6 +43,7 @@ class Settings:
     max_connections: int = 100
     max_errors: int = 10
     max_received_headers: int = 50
+    max_header_size: int = 100 * 1024
     handler_timeout: float = 300.0
     tls_cert: str = ""
     tls_key: str = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -44,6 +45,10 @@ _ENHANCED_BY_CODE = {
     555: "5.5.4",
 }
 _CONTROL = frozenset("\x00\r\n")
+_BAD_ADDRESS = {
+    "MAIL": "501 5.1.7 Bad sender address syntax",
+    "RCPT": "501 5.1.3 Bad recipient address syntax",
+}
 
 
 def build_router(settings: Settings, *, readonly: bool = False) -> Router:
@@ -80,13 +85,26 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def _hops(data: bytes) -> int:
-    """How many ``Received:`` headers the message has (each MTA on its way adds one)."""
-    end = data.find(b"\n\r\n")
-    if end < 0:
-        end = data.find(b"\n\n")
-    header = data if end < 0 else data[: end + 1]
+def _header_section(data: bytes) -> bytes:
+    """The message's header section: everything before the first empty line."""
+    if data.startswith((b"\r\n", b"\n")):
+        return b""
+    ends = [end for end in (data.find(b"\n\r\n"), data.find(b"\n\n")) if end >= 0]
+    return data[: min(ends) + 1] if ends else data
+
+
+def _hops(header: bytes) -> int:
+    """How many ``Received:`` headers there are (each MTA on the way adds one)."""
     return sum(1 for line in header.split(b"\n") if line[:9].lower() == b"received:")
+
+
+def _printable(text: str) -> str:
+    """Reply text safe to send: control characters and undecodable bytes become ``?``."""
+    if text.isprintable() and text.isascii():
+        return text
+    return "".join(
+        "?" if not char.isprintable() or "\udc80" <= char <= "\udcff" else char for char in text
+    )
 
 
 def _enhance(status: str) -> str:
@@ -111,10 +129,45 @@ class _Session(SMTP):
 
     owner: Server
     delivering = False
+    _command = ""  # MAIL or RCPT while aiosmtpd handles one
     _tracked = False
     _errors = 0
     _farewell: str | None = None
     _expiry: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # aiosmtpd keeps these limits in one dict shared by every session: give each its own
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
+        super().__init__(*args, **kwargs)
+
+    async def smtp_EHLO(self, arg: str) -> None:
+        self.command_size_limits.clear()  # a repeated EHLO must not raise the limits again
+        await super().smtp_EHLO(arg)
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        self._command = "MAIL"
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            self._command = ""
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        self._command = "RCPT"
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._command = ""
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's path parser, made total: anything it cannot parse is malformed."""
+        path = arg.lstrip()
+        if path.startswith("<") and ">" not in path:
+            return None, None
+        try:
+            address, rest = super()._getaddr(arg)
+        except Exception:  # the email header parser raises more than HeaderParseError
+            return None, None
+        return address, rest
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._tracked:  # called again on the TLS transport after STARTTLS
@@ -149,6 +202,13 @@ class _Session(SMTP):
         if self.delivering:
             self._farewell = status
             return
+        if self._original_transport is not None and self.session and self.session.ssl is None:
+            # the TLS handshake never finished: the TLS layer would swallow the close, so cut
+            # the socket and end the session here
+            if isinstance(self._original_transport, asyncio.Transport):
+                self._original_transport.abort()
+            self.connection_lost(None)
+            return
         if self.transport is not None:
             _say_and_close(self.transport, status)
 
@@ -161,7 +221,10 @@ class _Session(SMTP):
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
-            status = "\r\n".join(_enhance(line) for line in status.split("\r\n"))
+            if status.startswith("553") and self._command:  # aiosmtpd's "malformed address"
+                status = _BAD_ADDRESS[self._command]
+            lines = status.split("\r\n")
+            status = "\r\n".join(_enhance(_printable(line)) for line in lines)
         await super().push(status)
         if isinstance(status, str) and status[:1] == "5":
             self._errors += 1
@@ -216,7 +279,7 @@ class Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         address = address.strip()
-        if _CONTROL.intersection(address):
+        if _CONTROL.intersection(address) or address in ("", "<>"):
             return "501 5.1.3 Bad recipient address syntax"
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return "452 4.5.3 Too many recipients"
@@ -233,7 +296,10 @@ class Handler:
         request = MailRequest(
             session.peer, sender, envelope.rcpt_tos, envelope.original_content or b""
         )
-        if _hops(request.data) > self.settings.max_received_headers:
+        header = _header_section(request.data)
+        if len(header) > self.settings.max_header_size:
+            return self._all("552 5.3.4 Message header too large", request)
+        if _hops(header) > self.settings.max_received_headers:
             log.warning("%s: mail loop from %r refused", message_id, request.sender)
             return self._all("554 5.4.6 Too many hops: mail loop detected", request)
         self.in_flight += 1
