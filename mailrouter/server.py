@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from . import relay as outgoing
 from .config import Settings, handler_modules
@@ -351,6 +351,9 @@ class Handler:
 
     async def handle_exception(self, error: Exception) -> str:
         """An unexpected error in a session: answer temporarily and keep serving."""
+        if isinstance(error, TLSSetupException):  # a client's failed handshake, not our bug
+            log.warning("TLS handshake failed: %s", error.__cause__ or error)
+            return "454 4.7.0 TLS handshake failed"
         log.error("session error: %s: %s", type(error).__name__, error, exc_info=error)
         return "451 4.3.0 Internal error, try again later"
 
