@@ -2,8 +2,9 @@
 
 Handlers write ``from mailrouter import relay`` and then ``relay.send(response)`` (a plain
 handler runs in an executor thread) or ``await relay.send_async(response)``: the module-level
-functions use the ``Relay`` the server installed with ``configure()``. Mail that cannot be
-delivered now waits in the outbox (see ``outbox.py``) and is retried by ``run_retries``.
+functions use the ``Relay`` the server installed with ``configure()``. A ``Relay`` makes each
+attempt with its ``Transport`` (see ``transport.py``); mail that cannot be delivered now waits in
+the outbox (see ``outbox.py``) and is retried by ``run_retries``.
 """
 
 from __future__ import annotations
@@ -11,36 +12,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import inspect
 import logging
 import os
-import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.utils import formatdate, getaddresses, make_msgid
-from typing import Any, Literal
-
-import aiosmtplib
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 from .config import Settings
-from .errors import MailRouterError
 from .message import MailRequest
-from .outbox import Outbox, Outcome, RetryPolicy, RetryReport, Status, clean_reply
+from .outbox import Outbox, Outcome, RetryPolicy, RetryReport
 from .response import MailResponse, ace_address
+from .transport import RelayError, ResolveError, Resolver, Transport, resolve_mx
 
 log = logging.getLogger(__name__)
 
-HostList = Sequence[tuple[str, int]]
-Resolver = Callable[[str], Awaitable[HostList] | HostList]
 Sendable = MailResponse | Message | MailRequest
+T = TypeVar("T")
 
 __all__ = [
     "DeliveryError",
@@ -59,10 +52,6 @@ __all__ = [
 ]
 
 
-class RelayError(MailRouterError):
-    """Outgoing mail could not be sent: no relay configured, or (on request) not delivered."""
-
-
 class DeliveryError(RelayError):
     """Raised by ``send(..., check=True)`` when a recipient was refused or not queued."""
 
@@ -70,14 +59,6 @@ class DeliveryError(RelayError):
         self.result = result
         problems = {**result.failed, **result.deferred}
         super().__init__(f"{result.message_id or 'message'} not delivered: {problems}")
-
-
-class ResolveError(RelayError):
-    """No mail host could be found for a domain; ``temporary`` when worth trying later."""
-
-    def __init__(self, message: str, *, temporary: bool) -> None:
-        super().__init__(message)
-        self.temporary = temporary
 
 
 @dataclass(frozen=True)
@@ -103,15 +84,41 @@ class SendResult:
         return not self.failed and (not self.deferred or self.outbox_key is not None)
 
 
-class Relay:
-    """Sends mail through a smarthost (``host``) or, when there is none, to the recipients' MX.
+class _OnTransport(Generic[T]):
+    """A ``Relay`` attribute that lives on its ``Transport`` (``relay.host`` reads and sets it)."""
 
-    ``starttls``: None upgrades when the server offers it, True requires it, False never does;
-    ``tls`` is implicit TLS (port 465). Credentials imply required STARTTLS unless ``tls`` or
-    ``starttls=False`` is given. Certificates are verified against ``tls_context`` (default: the
-    system's CAs), except for opportunistic STARTTLS to MX hosts, as MTAs do. ``resolver`` maps a
-    domain to its ``(host, port)`` list (sync or async); the default asks DNS (``resolve_mx``).
+    def __set_name__(self, owner: type[Relay], name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, relay: None, owner: type[Relay]) -> _OnTransport[T]: ...
+    @overload
+    def __get__(self, relay: Relay, owner: type[Relay]) -> T: ...
+    def __get__(self, relay: Relay | None, owner: type[Relay]) -> _OnTransport[T] | T:
+        return self if relay is None else cast(T, getattr(relay.transport, self.name))
+
+    def __set__(self, relay: Relay, value: T) -> None:
+        setattr(relay.transport, self.name, value)
+
+
+class Relay:
+    """Sends mail with a ``Transport`` and keeps what it could not deliver in an ``Outbox``.
+
+    ``host`` is the smarthost (None: each recipient domain's MX); it and the other connection
+    options are the ``Transport``'s, readable and settable here too. ``outbox`` and ``failed``
+    are the maildirs for deferred and failed mail (None: not kept); ``retry`` their schedule.
     """
+
+    host = _OnTransport[str | None]()
+    port = _OnTransport[int]()
+    starttls = _OnTransport[bool | None]()
+    tls = _OnTransport[bool]()
+    username = _OnTransport[str | None]()
+    password = _OnTransport[str | None]()
+    timeout = _OnTransport[float]()
+    tls_context = _OnTransport[ssl.SSLContext | None]()
+    resolver = _OnTransport[Resolver | None]()
+    local_hostname = _OnTransport[str | None]()
 
     def __init__(
         self,
@@ -130,22 +137,18 @@ class Relay:
         local_hostname: str | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        if tls and starttls:
-            raise ValueError("tls (implicit TLS) and starttls exclude each other")
-        if (username is None) != (password is None):
-            raise ValueError("give both username and password, or neither")
-        if username is not None and not tls and starttls is None:
-            starttls = True  # never send a password in the clear unless told to
-        self.host = host or None
-        self.port = port
-        self.starttls = starttls
-        self.tls = tls
-        self.username = username
-        self.password = password
-        self.timeout = timeout
-        self.tls_context = tls_context
-        self.resolver = resolver
-        self.local_hostname = local_hostname
+        self.transport = Transport(
+            host,
+            port,
+            starttls=starttls,
+            tls=tls,
+            username=username,
+            password=password,
+            timeout=timeout,
+            tls_context=tls_context,
+            resolver=resolver,
+            local_hostname=local_hostname,
+        )
         self.outbox = Outbox(outbox, failed, retry)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -247,174 +250,7 @@ class Relay:
 
     async def deliver(self, sender: str, recipients: list[str], data: bytes) -> dict[str, Outcome]:
         """One delivery attempt of ``data`` to every recipient; nothing is stored."""
-        if not recipients:
-            return {}
-        if self.host is not None:
-            outcomes, _ = await self._transaction(self.host, self.port, sender, recipients, data)
-            return outcomes
-        domains: dict[str, list[str]] = {}
-        for rcpt in recipients:
-            domains.setdefault(rcpt.rpartition("@")[2].lower(), []).append(rcpt)
-        parts = await asyncio.gather(
-            *(
-                self._deliver_domain(domain, rcpts, sender, data)
-                for domain, rcpts in domains.items()
-            )
-        )
-        return {rcpt: outcome for part in parts for rcpt, outcome in part.items()}
-
-    async def _deliver_domain(
-        self, domain: str, recipients: list[str], sender: str, data: bytes
-    ) -> dict[str, Outcome]:
-        """Deliver to one domain's mail hosts, in order, until one takes the transaction."""
-        try:
-            hosts = await self._resolve(domain)
-        except ResolveError as exc:
-            status: Status = "deferred" if exc.temporary else "failed"
-            return dict.fromkeys(recipients, Outcome(status, str(exc)))
-        if not hosts:
-            return dict.fromkeys(recipients, Outcome("failed", f"no mail host for {domain}"))
-        outcomes: dict[str, Outcome] = {}
-        for host, port in hosts:
-            outcomes, next_host = await self._transaction(host, port, sender, recipients, data)
-            if not next_host:
-                break
-        return outcomes
-
-    async def _resolve(self, domain: str) -> list[tuple[str, int]]:
-        """The mail hosts of ``domain``: an address literal, the resolver's answer, or DNS."""
-        if domain.startswith("[") and domain.endswith("]"):
-            return [(domain[1:-1].removeprefix("IPv6:"), self.port)]
-        if self.resolver is None:
-            return await resolve_mx(domain, self.port, self.timeout)
-        try:
-            found = self.resolver(domain)
-            hosts = await found if inspect.isawaitable(found) else found
-        except ResolveError:
-            raise
-        except Exception as exc:
-            raise ResolveError(f"cannot resolve {domain}: {exc}", temporary=True) from exc
-        return list(hosts)
-
-    def _client(self, host: str, port: int) -> aiosmtplib.SMTP:
-        """An unconnected session; credentials and implicit TLS are for the smarthost only."""
-        smarthost = self.host is not None
-        implicit = self.tls and smarthost
-        return aiosmtplib.SMTP(
-            hostname=host,
-            port=port,
-            username=self.username if smarthost else None,
-            password=self.password if smarthost else None,
-            local_hostname=self.local_hostname,
-            timeout=self.timeout,
-            use_tls=implicit,
-            start_tls=False if implicit else self.starttls,
-            validate_certs=smarthost,
-            tls_context=self.tls_context,
-        )
-
-    async def _transaction(
-        self, host: str, port: int, sender: str, recipients: list[str], data: bytes
-    ) -> tuple[dict[str, Outcome], bool]:
-        """One SMTP session; the outcomes, and whether another host may do better (the
-        failure came before any recipient was answered and was not permanent)."""
-        where = f"{host}:{port}"
-        utf8 = not all(address.isascii() for address in (sender, *recipients))
-        encoding = "utf-8" if utf8 else "ascii"
-        outcomes: dict[str, Outcome] = {}
-        client = self._client(host, port)
-        stage = "connect"
-        try:
-            await client.connect()
-            try:
-                stage = "EHLO"
-                if client.is_ehlo_or_helo_needed:
-                    try:
-                        await client.ehlo()
-                    except aiosmtplib.SMTPHeloError:
-                        await client.helo()
-                options = []
-                if not data.isascii() and client.supports_extension("8bitmime"):
-                    options.append("BODY=8BITMIME")
-                if utf8:
-                    if not client.supports_extension("smtputf8"):
-                        reply = f"{where}: 555 5.6.7 SMTPUTF8 needed but not offered"
-                        return dict.fromkeys(recipients, Outcome("failed", reply)), False
-                    options.append("SMTPUTF8")
-                stage = "MAIL"
-                await client.mail(sender, options=options, encoding=encoding)
-                stage = "RCPT"
-                accepted = []
-                for rcpt in recipients:
-                    try:
-                        await client.rcpt(rcpt, encoding=encoding)
-                    except aiosmtplib.SMTPRecipientRefused as exc:
-                        outcomes[rcpt] = _refusal(where, exc.code, exc.message)
-                    else:
-                        accepted.append(rcpt)
-                if accepted:
-                    stage = "DATA"
-                    done = await client.data(data)
-                    reply = f"{where}: {done.code} {clean_reply(done.message)}"
-                    outcomes.update(dict.fromkeys(accepted, Outcome("delivered", reply)))
-            finally:
-                await _close(client)
-        except aiosmtplib.SMTPResponseException as exc:
-            outcome = _refusal(where, exc.code, exc.message)
-        except (aiosmtplib.SMTPException, OSError) as exc:  # OSError covers ssl and timeouts
-            outcome = Outcome("deferred", f"{where}: {stage}: {clean_reply(str(exc)) or exc!r}")
-        else:
-            return outcomes, False
-        next_host = (
-            outcome.status == "deferred" and not outcomes and stage in ("connect", "EHLO", "MAIL")
-        )
-        for rcpt in recipients:
-            outcomes.setdefault(rcpt, outcome)
-        return outcomes, next_host
-
-
-def _refusal(where: str, code: int, message: str) -> Outcome:
-    """A 4xx reply defers, anything else fails."""
-    status: Status = "deferred" if 400 <= code < 500 else "failed"
-    return Outcome(status, f"{where}: {code} {clean_reply(message)}")
-
-
-async def _close(client: aiosmtplib.SMTP) -> None:
-    """QUIT politely; drop the connection if that fails."""
-    if client.is_connected:
-        try:
-            await client.quit()
-        except (aiosmtplib.SMTPException, OSError):
-            client.close()
-
-
-async def resolve_mx(domain: str, port: int = 25, timeout: float = 30) -> list[tuple[str, int]]:
-    """The mail hosts of ``domain`` by MX preference (ties shuffled, RFC 5321 section 5.1),
-    or the domain itself when it has no MX but has an address. A null MX (RFC 7505), a missing
-    domain and a domain without any address are permanent ResolveErrors."""
-
-    async def query(rdtype: str) -> list[Any]:
-        try:
-            answer = await dns.asyncresolver.resolve(domain, rdtype, lifetime=timeout)
-        except dns.resolver.NXDOMAIN as exc:
-            raise ResolveError(f"{domain}: no such domain", temporary=False) from exc
-        except dns.resolver.NoAnswer:
-            return []
-        except dns.exception.DNSException as exc:
-            raise ResolveError(f"{domain}: DNS lookup failed: {exc}", temporary=True) from exc
-        return list(answer)
-
-    records = await query("MX")
-    if records:
-        random.shuffle(records)
-        records.sort(key=lambda record: record.preference)
-        hosts = [str(record.exchange).rstrip(".") for record in records]
-        if hosts == [""]:
-            raise ResolveError(f"{domain} accepts no mail (null MX)", temporary=False)
-        return [(host, port) for host in hosts if host]
-    if await query("A") or await query("AAAA"):
-        return [(domain, port)]
-    raise ResolveError(f"{domain}: no MX and no address", temporary=False)
+        return await self.transport.deliver(sender, recipients, data)
 
 
 def _prepare(
