@@ -73,12 +73,15 @@ class Result:
         return self.messages / self.seconds
 
 
+PIN = bool(shutil.which("taskset"))
+
+
 def pinned(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
+    return ["taskset", "-c", str(cpu)] if PIN else []
 
 
 @contextmanager
-def target(name: str, folder: Path) -> Iterator[tuple[int, int]]:
+def target(name: str, folder: Path, extra: list[str]) -> Iterator[tuple[int, int]]:
     """Start a server process; yield (port, pid)."""
     if name == "aiosmtpd sink":
         command = [sys.executable, "-c", SINK]
@@ -90,6 +93,7 @@ def target(name: str, folder: Path) -> Iterator[tuple[int, int]]:
         (project / "config" / "handlers" / "bench.py").write_text(textwrap.dedent(HANDLER))
         command = [sys.executable, "-m", "mailrouter", "start", "--foreground", "--port", "0"]
         command += ["--allow-root"] if os.geteuid() == 0 else []
+        command += extra
         cwd = project
     process = subprocess.Popen(
         pinned(0) + command, cwd=cwd, stdout=subprocess.PIPE, text=True, start_new_session=True
@@ -167,16 +171,23 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--messages", type=int, default=4800, help="per target and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="mailrouter worker processes")
+    parser.add_argument("--state-url", default="", help="mailrouter's state store")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
     args = parser.parse_args()
-    if shutil.which("taskset"):
+    global PIN
+    PIN = PIN and not args.no_pin
+    if PIN:
         os.sched_setaffinity(0, {1})
+    extra = ["--workers", str(args.workers)]
+    extra += ["--state-url", args.state_url] if args.state_url else []
     data = message(args.size)
     names = ["aiosmtpd sink", "mailrouter"]
     results: dict[str, list[Result]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(args.rounds):
             for name in names:
-                with target(name, Path(folder)) as (port, pid):
+                with target(name, Path(folder), extra) as (port, pid):
                     asyncio.run(load(port, pid, 4, 5, 40, data))  # warm up
                     results[name].append(
                         asyncio.run(
