@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .errors import MailRouterError, SMTPError
 from .message import MailRequest
+from .response import MailResponse, reply
 from .routes import nolocking, route, route_like, state_key_generator, stateless
 from .routing import DeliveryResult, Reply, Router
 from .state import ERROR, START, StateStorage
@@ -19,6 +20,7 @@ __all__ = [
     "START",
     "DeliveryResult",
     "MailRequest",
+    "MailResponse",
     "MailRouterError",
     "Reply",
     "Router",
@@ -26,6 +28,7 @@ __all__ = [
     "StateStorage",
     "__version__",
     "nolocking",
+    "reply",
     "route",
     "route_like",
     "state_key_generator",
