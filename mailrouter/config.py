@@ -94,9 +94,10 @@ class Settings:
         return f"unix:{self.unix_socket}" if self.unix_socket else f"{self.host}:{self.port}"
 
     def state_store_url(self) -> str:
-        """The state URL with a relative shelve path resolved against the project folder."""
-        if self.state_url.startswith("shelve://") and not self.state_url.startswith("shelve:///"):
-            return "shelve://" + str(self.path(self.state_url.removeprefix("shelve://")))
+        """The state URL with a relative file path (shelve, sqlite) made absolute."""
+        for scheme in ("shelve://", "sqlite://"):
+            if self.state_url.startswith(scheme) and not self.state_url.startswith(scheme + "/"):
+                return scheme + str(self.path(self.state_url.removeprefix(scheme)))
         return self.state_url
 
 

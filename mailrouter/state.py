@@ -360,14 +360,67 @@ def _split(url: str) -> SplitResult:
         raise StoreError(f"malformed state store URL {url!r}: {exc}") from exc
 
 
-_FACTORIES: dict[str, StoreFactory] = {"memory": _open_memory, "shelve": _open_shelve}
+def _open_sqlite(url: str, readonly: bool) -> StateStorage:
+    from mailrouter.stores.sqlite import SqliteStorage
+
+    return SqliteStorage.from_url(url, readonly=readonly)
+
+
+def _open_redis(url: str, readonly: bool) -> StateStorage:
+    try:
+        from mailrouter.stores.redis import RedisStorage
+    except ModuleNotFoundError as exc:
+        raise _missing_extra(url, exc, "redis", {"redis"}) from exc
+    return RedisStorage.from_url(url, readonly=readonly)
+
+
+def _open_postgres(url: str, readonly: bool) -> StateStorage:
+    try:
+        from mailrouter.stores.postgres import PostgresStorage
+    except ModuleNotFoundError as exc:
+        raise _missing_extra(url, exc, "postgres", {"psycopg", "psycopg_pool"}) from exc
+    return PostgresStorage.from_url(url, readonly=readonly)
+
+
+def _missing_extra(
+    url: str, exc: ModuleNotFoundError, extra: str, packages: set[str]
+) -> BaseException:
+    if (exc.name or "").partition(".")[0] not in packages:
+        return exc
+    scheme = _split(url).scheme
+    return StoreError(
+        f"{scheme}:// state stores need the {exc.name!r} package: pip install 'mailrouter[{extra}]'"
+    )
+
+
+_FACTORIES: dict[str, StoreFactory] = {
+    "memory": _open_memory,
+    "shelve": _open_shelve,
+    "sqlite": _open_sqlite,
+    "redis": _open_redis,
+    "rediss": _open_redis,
+    "postgresql": _open_postgres,
+    "postgres": _open_postgres,
+}
 
 
 def open_store(url: str, *, readonly: bool = False) -> StateStorage:
-    """Open the state store named by ``url``: ``memory://``, ``shelve:///abs/path`` or
-    ``shelve://relative/path`` (relative to the current directory)."""
+    """Open the state store named by ``url``.
+
+    ``memory://``; ``shelve:///abs/path`` or ``shelve://relative/path`` (relative to the current
+    directory); the shared stores ``sqlite:///abs/path``, ``redis://host:port/db`` and
+    ``postgresql://user@host/db`` (see ``mailrouter.stores``); or a custom store's import string,
+    ``package.module:StoreClass``.
+    """
+    if "://" not in url and url.partition(":")[2]:
+        from mailrouter.stores.custom import open_custom
+
+        return open_custom(url, readonly=readonly)
     factory = _FACTORIES.get(_split(url).scheme)
     if factory is None:
         known = ", ".join(f"{scheme}://" for scheme in sorted(_FACTORIES))
-        raise StoreError(f"unknown state store URL {url!r}; known schemes: {known}")
+        raise StoreError(
+            f"unknown state store URL {url!r}; known schemes: {known},"
+            " or an import string like 'package.module:StoreClass'"
+        )
     return factory(url, readonly)
