@@ -25,6 +25,7 @@ from .state import ERROR, MemoryStorage, StateStorage
 log = logging.getLogger(__name__)
 
 LockScope = Literal["key", "global"]
+_SCANS = 3  # how often the stateful candidates are scanned while states move under them
 
 
 @dataclass(frozen=True)
@@ -249,49 +250,86 @@ class Router:
         return DeliveryResult(replies, queue_key, reasons)
 
     async def _route(self, message: MailRequest, address: str) -> _Outcome:
-        outcome = _Outcome()
-        for found in self.match(address):
-            outcome.matched = True
-            handler = found.handler
-            if outcome.stateful_done and not handler.stateless:
-                continue
-            try:
-                took = await self._attempt(handler, message, found.captures)
-            except SMTPError as refusal:
-                log.info(
-                    "%s refused %r from %r: %s", handler.qualname, address, message.sender, refusal
-                )
-                outcome.refusal = refusal
-                return outcome
-            except _HandlerFailed as failure:
-                log.error(
-                    "handler %s failed for %r from %r",
-                    handler.qualname,
-                    address,
-                    message.sender,
-                    exc_info=failure.__cause__,
-                )
-                outcome.failures.append(failure.reason)
-                outcome.stateful_done = outcome.stateful_done or not handler.stateless
-                continue
-            if took:
-                outcome.handled = True
-                outcome.stateful_done = outcome.stateful_done or not handler.stateless
+        matches = self.match(address)
+        outcome = _Outcome(matched=bool(matches))
+        pending = matches
+        for _ in range(_SCANS):
+            seen: dict[str, set[str]] = {}  # state key -> the states its candidates found
+            for found in pending:
+                if outcome.stateful_done and not found.handler.stateless:
+                    continue
+                if not await self._try(found, message, address, outcome, seen):
+                    return outcome  # refused
+            # each candidate checks its state under its own lock: if a state moved during the
+            # scan (another message, or a stateless handler here), a candidate may have been
+            # missed, so scan the stateful ones again
+            if outcome.stateful_done or not seen:
+                break
+            if not await self._blocking(self._moved, seen, message.route_from):
+                break
+            pending = [found for found in matches if not found.handler.stateless]
         return outcome
 
+    def _moved(self, seen: Mapping[str, set[str]], sender: str) -> bool:
+        """Whether a state the candidates saw changed during (or since) the scan."""
+        return any(
+            len(states) > 1 or self.store.get(key, sender) not in states
+            for key, states in seen.items()
+        )
+
+    async def _try(
+        self,
+        found: Match,
+        message: MailRequest,
+        address: str,
+        outcome: _Outcome,
+        seen: dict[str, set[str]],
+    ) -> bool:
+        """Run one matching handler and record how it went; False if it refused the message."""
+        handler = found.handler
+        try:
+            took = await self._attempt(handler, message, found.captures, seen)
+        except SMTPError as refusal:
+            log.info(
+                "%s refused %r from %r: %s", handler.qualname, address, message.sender, refusal
+            )
+            outcome.refusal = refusal
+            return False
+        except _HandlerFailed as failure:
+            log.error(
+                "handler %s failed for %r from %r",
+                handler.qualname,
+                address,
+                message.sender,
+                exc_info=failure.__cause__,
+            )
+            outcome.failures.append(failure.reason)
+            outcome.stateful_done = outcome.stateful_done or not handler.stateless
+            return True
+        if took:
+            outcome.handled = True
+            outcome.stateful_done = outcome.stateful_done or not handler.stateless
+        return True
+
     async def _attempt(
-        self, handler: Handler, message: MailRequest, captures: Mapping[str, str]
+        self,
+        handler: Handler,
+        message: MailRequest,
+        captures: Mapping[str, str],
+        seen: dict[str, set[str]],
     ) -> bool:
         """Run ``handler`` under its locks if it applies in the sender's state; False if not."""
         key = self.state_key(handler.module, message)
         if handler.nolocking:
-            return await self._run(handler, key, message, captures, contextlib.nullcontext())
+            return await self._run(handler, key, message, captures, contextlib.nullcontext(), seen)
         if self.lock_scope == "global":
             async with self._local_locks.hold(None):
-                return await self._run(handler, key, message, captures, contextlib.nullcontext())
+                return await self._run(
+                    handler, key, message, captures, contextlib.nullcontext(), seen
+                )
         async with self._local_locks.hold((key, message.route_from)):
             store_lock = self.store.lock(key, message.route_from)
-            return await self._run(handler, key, message, captures, store_lock)
+            return await self._run(handler, key, message, captures, store_lock, seen)
 
     async def _run(
         self,
@@ -300,16 +338,18 @@ class Router:
         message: MailRequest,
         captures: Mapping[str, str],
         store_lock: AbstractContextManager[Any],
+        seen: dict[str, set[str]],
     ) -> bool:
         if not handler.is_async:
             took: bool = await self._blocking(
-                self._run_sync, handler, key, message, captures, store_lock
+                self._run_sync, handler, key, message, captures, store_lock, seen
             )
             return took
         async with held_in_executor(store_lock, self.executor):
             if not handler.stateless:
                 state = await self._blocking(self.store.get, key, message.route_from)
                 if state != handler.name:
+                    seen.setdefault(key, set()).add(state)
                     return False
             try:
                 result = await handler.func(message, **captures)
@@ -327,10 +367,14 @@ class Router:
         message: MailRequest,
         captures: Mapping[str, str],
         store_lock: AbstractContextManager[Any],
+        seen: dict[str, set[str]],
     ) -> bool:
         with store_lock:
-            if not handler.stateless and self.store.get(key, message.route_from) != handler.name:
-                return False
+            if not handler.stateless:
+                state = self.store.get(key, message.route_from)
+                if state != handler.name:
+                    seen.setdefault(key, set()).add(state)
+                    return False
             try:
                 result = handler.func(message, **captures)
             except SMTPError:

@@ -707,3 +707,35 @@ async def test_one_sender_flooding_a_small_executor_never_deadlocks(
         await asyncio.wait_for(asyncio.gather(*flood), timeout=60)
     assert sys.modules[app].count == [30]
     assert len(router._local_locks) == 0  # no lock left behind
+
+
+async def test_a_state_that_moves_during_the_scan_does_not_lose_the_message(
+    make_module: MakeModule, queue: Queue
+) -> None:
+    app = make_module(
+        """
+        from mailrouter import route, stateless
+        ROUTER = None
+        ran = []
+        @route("x@x.org")
+        def FIRST(message):
+            ran.append("FIRST")
+        @route("x@x.org")
+        @stateless
+        def FLIP(message):  # moves the module's state behind the scan, as a racing message would
+            ROUTER.set_state(__name__, message, "FIRST")
+        @route("x@x.org")
+        def SECOND(message):
+            ran.append("SECOND")
+        """
+    )
+    router = Router(undeliverable=queue)
+    router.load([app])
+    sys.modules[app].ROUTER = router
+    msg = mail(recipients=["x@x.org"])
+    router.set_state(app, msg, "SECOND")
+    # FIRST is checked (state SECOND: no), FLIP moves the state to FIRST, SECOND is checked
+    # (state FIRST: no): without a rescan the message would be handled by nobody
+    result = await router.deliver(msg)
+    assert sys.modules[app].ran == ["FIRST"]
+    assert not result.queued
