@@ -6,11 +6,12 @@ Handler modules declare routes with the decorators; a ``Router`` loads them and 
 
 from __future__ import annotations
 
+from .delivery import DeliveryResult, Reply
 from .errors import MailRouterError, SMTPError
 from .message import MailRequest
 from .response import MailResponse, reply
 from .routes import nolocking, route, route_like, state_key_generator, stateless
-from .routing import DeliveryResult, Reply, Router
+from .routing import Router
 from .state import ERROR, START, StateStorage
 
 __version__ = "0.1.0"

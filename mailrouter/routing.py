@@ -11,11 +11,12 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
-from .errors import LoadError, QueueError, QueueFullError, SMTPError, Status
+from .delivery import DeliveryResult, Outcome, reply_for
+from .errors import LoadError, QueueError, SMTPError
 from .locks import KeyedAsyncLocks, held_in_executor
 from .message import MailRequest, normalize_address
 from .queue import Queue
@@ -37,36 +38,6 @@ class Match:
     captures: Mapping[str, str]
 
 
-@dataclass(frozen=True)
-class Reply:
-    """The SMTP reply for one envelope recipient."""
-
-    recipient: str
-    code: int
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}"
-
-
-@dataclass(frozen=True)
-class DeliveryResult:
-    """What ``Router.deliver`` did: one reply per envelope recipient, and the queueing."""
-
-    replies: tuple[Reply, ...]
-    queue_key: str | None = None
-    reasons: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def queued(self) -> bool:
-        """Whether the message was pushed to the undeliverable queue."""
-        return self.queue_key is not None
-
-    def first_refusal(self) -> Reply | None:
-        """The first non-2xx reply, if any (what a plain SMTP session answers)."""
-        return next((reply for reply in self.replies if reply.code >= 300), None)
-
-
 class _HandlerFailed(Exception):
     """A handler raised (anything but SMTPError) or returned something that is not a state."""
 
@@ -74,28 +45,6 @@ class _HandlerFailed(Exception):
         super().__init__(reason)
         self.handler = handler
         self.reason = reason
-
-
-@dataclass
-class _Outcome:
-    """How routing one recipient went."""
-
-    matched: bool = False
-    handled: bool = False
-    stateful_done: bool = False
-    refusal: SMTPError | None = None
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def queue_reason(self) -> str | None:
-        """Why this recipient's copy goes to the undeliverable queue, or None if it does not."""
-        if self.refusal is not None:
-            return None
-        if self.failures:
-            return "; ".join(self.failures)
-        if not self.handled:
-            return "no handler for the sender's state" if self.matched else "no route"
-        return None
 
 
 class Router:
@@ -220,7 +169,7 @@ class Router:
         Handler errors never escape: they become replies and queue entries. Errors of the state
         store or the event loop do escape, and the caller answers with a temporary failure.
         """
-        outcomes: dict[str, _Outcome] = {}
+        outcomes: dict[str, Outcome] = {}
         for recipient in message.recipients:
             address = normalize_address(recipient)
             if address not in outcomes:
@@ -244,14 +193,14 @@ class Router:
                 self._queue_failing = False
                 log.info("queued %s from %r: %s", queue_key, message.sender, reasons)
         replies = tuple(
-            _reply(rcpt, outcomes[normalize_address(rcpt)], queue_key, queue_error)
+            reply_for(rcpt, outcomes[normalize_address(rcpt)], queue_key, queue_error)
             for rcpt in message.recipients
         )
         return DeliveryResult(replies, queue_key, reasons)
 
-    async def _route(self, message: MailRequest, address: str) -> _Outcome:
+    async def _route(self, message: MailRequest, address: str) -> Outcome:
         matches = self.match(address)
-        outcome = _Outcome(matched=bool(matches))
+        outcome = Outcome(matched=bool(matches))
         pending = matches
         for _ in range(_SCANS):
             seen: dict[str, set[str]] = {}  # state key -> the states its candidates found
@@ -282,7 +231,7 @@ class Router:
         found: Match,
         message: MailRequest,
         address: str,
-        outcome: _Outcome,
+        outcome: Outcome,
         seen: dict[str, set[str]],
     ) -> bool:
         """Run one matching handler and record how it went; False if it refused the message."""
@@ -403,24 +352,6 @@ class Router:
 
     async def _blocking(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
-
-
-def _reply(
-    recipient: str, outcome: _Outcome, queue_key: str | None, queue_error: QueueError | None
-) -> Reply:
-    if outcome.refusal is not None:
-        return Reply(recipient, outcome.refusal.code, outcome.refusal.message)
-    if outcome.queue_reason is None:
-        return Reply(recipient, Status.OK, "2.0.0 Message accepted")
-    if queue_key is not None:
-        return Reply(recipient, Status.OK, f"2.0.0 Message queued as {queue_key}")
-    if isinstance(queue_error, QueueFullError):
-        return Reply(
-            recipient, Status.INSUFFICIENT_STORAGE, "4.3.1 Insufficient storage, try again later"
-        )
-    if queue_error is not None or outcome.failures:
-        return Reply(recipient, Status.LOCAL_ERROR, "4.3.0 Temporary failure, try again later")
-    return Reply(recipient, Status.MAILBOX_UNAVAILABLE, f"5.1.1 No route for <{recipient}>")
 
 
 def _import(name: str) -> ModuleType:

@@ -17,10 +17,11 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from . import relay as outgoing
 from .config import Settings, handler_modules
+from .delivery import DeliveryResult
 from .errors import MailRouterError, Status
 from .message import MailRequest
 from .queue import Queue
-from .routing import DeliveryResult, Router
+from .routing import Router
 from .session import LMTPSession, SMTPSession
 from .state import open_store
 

@@ -1,0 +1,79 @@
+"""What a delivery produced: per-recipient outcomes and the SMTP replies they turn into."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .errors import QueueError, QueueFullError, SMTPError, Status
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The SMTP reply for one envelope recipient."""
+
+    recipient: str
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What ``Router.deliver`` did: one reply per envelope recipient, and the queueing."""
+
+    replies: tuple[Reply, ...]
+    queue_key: str | None = None
+    reasons: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def queued(self) -> bool:
+        """Whether the message was pushed to the undeliverable queue."""
+        return self.queue_key is not None
+
+    def first_refusal(self) -> Reply | None:
+        """The first non-2xx reply, if any (what a plain SMTP session answers)."""
+        return next((reply for reply in self.replies if reply.code >= 300), None)
+
+
+@dataclass
+class Outcome:
+    """How routing one recipient went."""
+
+    matched: bool = False
+    handled: bool = False
+    stateful_done: bool = False
+    refusal: SMTPError | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def queue_reason(self) -> str | None:
+        """Why this recipient's copy goes to the undeliverable queue, or None if it does not."""
+        if self.refusal is not None:
+            return None
+        if self.failures:
+            return "; ".join(self.failures)
+        if not self.handled:
+            return "no handler for the sender's state" if self.matched else "no route"
+        return None
+
+
+def reply_for(
+    recipient: str, outcome: Outcome, queue_key: str | None, queue_error: QueueError | None
+) -> Reply:
+    """The reply for one recipient, given how routing went and whether queueing worked."""
+    if outcome.refusal is not None:
+        return Reply(recipient, outcome.refusal.code, outcome.refusal.message)
+    if outcome.queue_reason is None:
+        return Reply(recipient, Status.OK, "2.0.0 Message accepted")
+    if queue_key is not None:
+        return Reply(recipient, Status.OK, f"2.0.0 Message queued as {queue_key}")
+    if isinstance(queue_error, QueueFullError):
+        return Reply(
+            recipient, Status.INSUFFICIENT_STORAGE, "4.3.1 Insufficient storage, try again later"
+        )
+    if queue_error is not None or outcome.failures:
+        return Reply(recipient, Status.LOCAL_ERROR, "4.3.0 Temporary failure, try again later")
+    return Reply(recipient, Status.MAILBOX_UNAVAILABLE, f"5.1.1 No route for <{recipient}>")
