@@ -16,6 +16,7 @@ import logging
 import os
 import shelve
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -88,11 +89,12 @@ class _KeyedLocks:
                     del self._entries[ident]
 
 
-class _Closable:
+class _Closable(ABC):
     """``with store:`` support for the built-in stores."""
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the store's resources."""
 
     def __enter__(self) -> Self:
         return self
