@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import itertools
 import smtplib
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from mailrouter import MailRequest
+from mailrouter.config import Settings
+from mailrouter.server import Server, build_router
 
 _counter = itertools.count()
 
@@ -41,3 +47,32 @@ def lmtp_send(
         replies = [client.data(data)]
         replies += [client.getreply() for _ in recipients[1:]]
     return replies
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Server]:
+    """A real server for ``settings``, started on the test's loop; stopped and closed after."""
+    router = build_router(settings)
+    server = Server(settings, router)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(timeout=5)
+        router.close()
+
+
+def running(
+    tmp_path: Path, *handlers: str, **overrides: Any
+) -> AbstractAsyncContextManager[Server]:
+    """A server on 127.0.0.1 port 0 for handler modules ``handlers``, files under ``tmp_path``."""
+    config = tmp_path / "config"
+    config.mkdir(exist_ok=True)
+    settings = Settings(
+        port=0,
+        handlers=handlers,
+        defaults={"host": r"example\.com"},
+        config_dir=str(config),
+        **overrides,
+    )
+    return serving(settings)

@@ -8,19 +8,19 @@ import re
 import smtplib
 import threading
 import tomllib
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
-from helpers import lmtp_send
+from helpers import lmtp_send, serving
 
 from mailrouter import MailRequest, Router
 from mailrouter.config import FIELDS, Settings, load_settings
-from mailrouter.server import Server, build_router
+from mailrouter.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 LIST = "handlers_example.mailinglist"
@@ -43,33 +43,11 @@ def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Server]:
-    """A started server for ``settings``; stopped and closed afterwards."""
-    router = build_router(settings)
-    server = Server(settings, router)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(timeout=5)
-        router.close()
-
-
 def running(
     tmp_path: Path, *handlers: str, **overrides: Any
 ) -> AbstractAsyncContextManager[Server]:
     """A server for ``handlers`` (the mailing list by default) with its files under tmp_path."""
-    config = tmp_path / "config"
-    config.mkdir(exist_ok=True)
-    settings = Settings(
-        port=0,
-        handlers=handlers or (LIST,),
-        defaults={"host": r"example\.com"},
-        config_dir=str(config),
-        **overrides,
-    )
-    return serving(settings)
+    return helpers.running(tmp_path, *(handlers or (LIST,)), **overrides)
 
 
 def _sendmail(port: int, sender: str, rcpt: str, subject: str, headers: str, body: str) -> Any:

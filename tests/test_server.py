@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import lmtp_send
+from helpers import lmtp_send, running
 
-from mailrouter.config import Settings
 from mailrouter.queue import Queue
-from mailrouter.server import Server, build_router
 
 APP = """
 from mailrouter import route, route_like, stateless, SMTPError
@@ -48,28 +45,6 @@ def BOOM(message, host=None):
 
 MESSAGE = b"From: a@x.org\r\nSubject: test\r\nMessage-ID: <1@x.org>\r\n\r\nHello.\r\n"
 Running = Callable[..., Any]
-
-
-@asynccontextmanager
-async def running(tmp_path: Path, app: str, **overrides: Any) -> AsyncIterator[Server]:
-    """A server for handler module ``app``, with its files under ``tmp_path``."""
-    config = tmp_path / "config"
-    config.mkdir(exist_ok=True)
-    settings = Settings(
-        port=0,
-        handlers=(app,),
-        defaults={"host": r"example\.com"},
-        config_dir=str(config),
-        **overrides,
-    )
-    router = build_router(settings)
-    server = Server(settings, router)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(timeout=5)
-        router.close()
 
 
 def smtp_send(port: int, sender: str, rcpts: list[str], data: bytes = MESSAGE) -> Any:
