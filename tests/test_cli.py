@@ -622,3 +622,33 @@ def test_log_lines_cannot_be_forged_by_client_data() -> None:
     assert lines[0].endswith("sender: evil@x.org\\r\\n2026-01-01 00:00:00 INFO mailrouter: forged")
     assert lines[1].endswith("failed for a\\nb")
     assert lines[2] == "Traceback (most recent call last):"
+
+
+def test_sink_keeps_every_message_and_prints_a_line(tmp_path: Path) -> None:
+    import smtplib
+
+    from mailrouter.queue import Queue
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailrouter", "sink", "--port", "0", "--maildir", "box"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()
+        port = int(ready.split(" on ")[1].split(",")[0].rsplit(":", 1)[1])
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("dev@x.org", ["a@y.org", "b@y.org"], b"Subject: hi there\r\n\r\nx\r\n")
+        summary = process.stdout.readline()
+        assert "dev@x.org -> a@y.org, b@y.org: 'hi there'" in summary
+        queue = Queue(tmp_path / "box")
+        (key,) = queue.keys()
+        assert queue.get(key).recipients == ["a@y.org", "b@y.org"]
+        assert key in summary
+    finally:
+        process.terminate()
+        assert process.wait(10) == 0
+        if process.stdout is not None:
+            process.stdout.close()

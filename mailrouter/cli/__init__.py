@@ -1,4 +1,4 @@
-"""The ``mailrouter`` command: start, stop, status, routes, queue, send, sendmail, gen.
+"""The ``mailrouter`` command: start, stop, status, routes, queue, send, sendmail, gen, sink.
 
 This is the only package that configures logging and turns exceptions into exit codes: every
 ``MailRouterError`` (and ``OSError``) becomes one ``Error: ...`` line and exit status 1. Each
@@ -13,7 +13,7 @@ import click
 
 from .. import __version__
 from ..errors import MailRouterError
-from . import gen, queue, routes, send, server
+from . import gen, queue, routes, send, server, sink
 from .common import describe_os_error
 
 __all__ = ["main"]
@@ -46,5 +46,6 @@ for _command in (
     send.send,
     send.sendmail,
     gen.gen,
+    sink.sink,
 ):
     main.add_command(_command)
