@@ -22,7 +22,7 @@ from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.utils import formatdate, getaddresses, make_msgid
-from typing import Any, Generic, Literal, TypeVar, cast, overload
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast, overload
 
 from .config import Settings
 from .message import MailRequest
@@ -199,7 +199,7 @@ class Relay:
         envelope comes from it unless ``sender``/``recipients`` are given. Remote refusals are
         reported in the result, not raised, unless ``check`` is true (DeliveryError).
         """
-        envelope = await asyncio.to_thread(_prepare, msg, sender, recipients)
+        envelope = await asyncio.to_thread(prepare, msg, sender, recipients)
         sender, rcpts, data, message_id = envelope
         outcomes = await self.deliver(sender, rcpts, data)
         delivered = tuple(r for r, o in outcomes.items() if o.status == "delivered")
@@ -253,7 +253,7 @@ class Relay:
         return await self.transport.deliver(sender, recipients, data)
 
 
-def _prepare(
+def prepare(
     msg: Sendable, sender: str | None, recipients: Sequence[str] | None
 ) -> tuple[str, list[str], bytes, str]:
     """The envelope, wire bytes and Message-ID of ``msg`` (runs in a thread: it may read files)."""
@@ -294,17 +294,39 @@ def _prepare(
     return sender, [ace_address(rcpt) for rcpt in rcpts], data, " ".join(message_id.split())
 
 
-_current: Relay | None = None
+class Sender(Protocol):
+    """What handlers send through: a ``Relay``, or the in-memory outbox of the test helpers."""
+
+    def send(
+        self,
+        msg: Sendable,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        check: bool = False,
+    ) -> SendResult: ...
+
+    async def send_async(
+        self,
+        msg: Sendable,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        check: bool = False,
+    ) -> SendResult: ...
 
 
-def configure(relay: Relay | None) -> Relay | None:
+_current: Sender | None = None
+
+
+def configure(relay: Sender | None) -> Sender | None:
     """Install ``relay`` as the one the module-level ``send`` functions use; returns the old."""
     global _current
     previous, _current = _current, relay
     return previous
 
 
-def current() -> Relay:
+def current() -> Sender:
     """The configured relay; RelayError when the server has not configured one."""
     if _current is None:
         raise RelayError("no relay configured: call mailrouter.relay.configure(Relay(...))")

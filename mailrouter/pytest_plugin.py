@@ -1,0 +1,43 @@
+"""pytest fixtures for handler tests, registered as the ``mailrouter`` plugin.
+
+``outbox``: outgoing mail captured in memory (``mailrouter.relay`` points at it);
+``router``: a fresh Router with a memory store; ``conversation``: both, as one sender.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from . import relay
+from .routing import Router
+from .state import MemoryStorage
+from .testing import Conversation, Outbox
+
+
+@pytest.fixture
+def outbox() -> Iterator[Outbox]:
+    """Outgoing mail of the handlers, kept in memory instead of relayed."""
+    captured = Outbox()
+    previous = relay.configure(captured)
+    try:
+        yield captured
+    finally:
+        relay.configure(previous)
+
+
+@pytest.fixture
+def router() -> Iterator[Router]:
+    """A new Router with a memory state store and no undeliverable queue."""
+    fresh = Router(store=MemoryStorage())
+    try:
+        yield fresh
+    finally:
+        fresh.close()
+
+
+@pytest.fixture
+def conversation(router: Router, outbox: Outbox) -> Conversation:
+    """A sender talking to ``router``, with outgoing mail in ``outbox``."""
+    return Conversation(router, outbox)

@@ -1,0 +1,124 @@
+"""Helpers for testing handler modules: conversations in-process, outgoing mail in memory.
+
+from mailrouter.testing import Conversation
+
+def test_subscribe(conversation):            # the pytest plugin's fixture
+    conversation.router.load(["myapp.handlers.lists"])
+    conversation.say("news-subscribe@example.com", subject="join")
+    conversation.assert_in_state("myapp.handlers.lists", conversation.sender, "CONFIRMING")
+    assert conversation.delivered(to="tester@example.org", subject="confirm")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from .delivery import DeliveryResult
+from .message import MailRequest
+from .relay import Sendable, SendResult, prepare
+from .routing import Router
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One message a handler sent: its envelope and the parsed message."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    message: EmailMessage
+
+
+class Outbox:
+    """Captures what handlers send through ``mailrouter.relay`` instead of delivering it."""
+
+    def __init__(self) -> None:
+        self.sent: list[Sent] = []
+
+    def send(
+        self,
+        msg: Sendable,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        check: bool = False,
+    ) -> SendResult:
+        """Keep ``msg``; it counts as delivered to every recipient."""
+        envelope_sender, rcpts, data, message_id = prepare(msg, sender, recipients)
+        parsed = message_from_bytes(data, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        self.sent.append(Sent(envelope_sender, tuple(rcpts), parsed))
+        return SendResult(message_id, envelope_sender, delivered=tuple(rcpts))
+
+    async def send_async(
+        self,
+        msg: Sendable,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        check: bool = False,
+    ) -> SendResult:
+        """As ``send``: nothing here blocks."""
+        return self.send(msg, sender=sender, recipients=recipients, check=check)
+
+    def delivered(self, to: str | None = None, subject: str | None = None) -> list[EmailMessage]:
+        """The messages sent to ``to`` (an address) whose Subject matches ``subject`` (a regex)."""
+        return [
+            sent.message
+            for sent in self.sent
+            if (to is None or to.lower() in (r.lower() for r in sent.recipients))
+            and (subject is None or re.search(subject, str(sent.message["Subject"] or "")))
+        ]
+
+    def clear(self) -> None:
+        """Forget everything sent so far."""
+        self.sent.clear()
+
+
+class Conversation:
+    """Talks to a router as one sender, in-process, with outgoing mail kept in an ``Outbox``."""
+
+    def __init__(self, router: Router, outbox: Outbox, sender: str = "tester@example.org") -> None:
+        self.router = router
+        self.outbox = outbox
+        self.sender = sender
+
+    def say(
+        self, to: str | Sequence[str], subject: str = "", body: str = "", sender: str | None = None
+    ) -> DeliveryResult:
+        """Deliver a message from ``sender`` (default: this conversation's) to ``to``."""
+        return asyncio.run(self.say_async(to, subject, body, sender))
+
+    async def say_async(
+        self, to: str | Sequence[str], subject: str = "", body: str = "", sender: str | None = None
+    ) -> DeliveryResult:
+        """``say`` for async tests."""
+        recipients = [to] if isinstance(to, str) else list(to)
+        sender = sender or self.sender
+        message = EmailMessage()
+        message["From"], message["To"] = sender, ", ".join(recipients)
+        message["Subject"], message["Date"] = subject, formatdate(localtime=True)
+        message["Message-ID"] = make_msgid(domain="test.invalid")
+        message.set_content(body)
+        data = message.as_bytes(policy=policy.SMTP)
+        return await self.router.deliver(MailRequest(("127.0.0.1", 0), sender, recipients, data))
+
+    def assert_in_state(self, module: str, sender: str, state: str) -> None:
+        """Fail unless ``module`` is in ``state`` for ``sender``."""
+        probe = MailRequest(None, sender, [""], b"")
+        actual = self.router.get_state(module, probe)
+        assert actual == state, f"{module} is in {actual} for {sender}, not {state}"
+
+    def delivered(self, to: str | None = None, subject: str | None = None) -> list[EmailMessage]:
+        """The messages the handlers sent (see ``Outbox.delivered``)."""
+        return self.outbox.delivered(to, subject)
+
+    def clear(self) -> None:
+        """Forget sent mail and every sender's state."""
+        self.outbox.clear()
+        self.router.clear_states()

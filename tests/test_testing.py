@@ -1,0 +1,54 @@
+"""The helpers handler authors test with: the pytest plugin's fixtures and Conversation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from mailrouter import relay
+from mailrouter.testing import Conversation, Outbox
+
+ECHO = """
+from mailrouter import relay, reply, route
+
+@route("echo@(host)", host="example\\\\.com")
+def START(message, host=None):
+    answer = reply(message, text="You said: " + (message.body() or ""))
+    if answer is not None:
+        relay.send(answer)
+    return ECHOED
+
+@route("echo@(host)", host="example\\\\.com")
+async def ECHOED(message, host=None):
+    await relay.send_async(reply(message, text="again"))
+"""
+
+
+def test_a_conversation_walks_states_and_captures_replies(
+    conversation: Conversation, make_module: Callable[..., str]
+) -> None:
+    app = make_module(ECHO)
+    conversation.router.load([app])
+    result = conversation.say("echo@example.com", subject="hello", body="ping")
+    assert [reply.code for reply in result.replies] == [250]
+    conversation.assert_in_state(app, conversation.sender, "ECHOED")
+    (answer,) = conversation.delivered(to=conversation.sender, subject="^Re: hello$")
+    assert "You said: ping" in answer.get_content()
+    conversation.say("echo@example.com", subject="hello again")  # the async handler
+    assert len(conversation.delivered(to=conversation.sender)) == 2
+    assert conversation.delivered(to="someone@else.org") == []
+    with pytest.raises(AssertionError, match="ECHOED"):
+        conversation.assert_in_state(app, conversation.sender, "START")
+    conversation.clear()
+    assert conversation.delivered() == []
+    conversation.assert_in_state(app, conversation.sender, "START")
+
+
+def test_the_outbox_fixture_is_what_relay_sends_to(outbox: Outbox) -> None:
+    assert relay.current() is outbox
+
+
+def test_without_the_fixture_no_relay_is_configured() -> None:
+    with pytest.raises(relay.RelayError):
+        relay.current()
