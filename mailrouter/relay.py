@@ -22,7 +22,7 @@ from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.utils import formatdate, getaddresses, make_msgid
-from typing import Any, Generic, Literal, Protocol, TypeVar, cast, overload
+from typing import Any, Literal, Protocol
 
 from .config import Settings
 from .message import MailRequest
@@ -33,7 +33,6 @@ from .transport import RelayError, ResolveError, Resolver, Transport, resolve_mx
 log = logging.getLogger(__name__)
 
 Sendable = MailResponse | Message | MailRequest
-T = TypeVar("T")
 
 __all__ = [
     "DeliveryError",
@@ -84,41 +83,13 @@ class SendResult:
         return not self.failed and (not self.deferred or self.outbox_key is not None)
 
 
-class _OnTransport(Generic[T]):
-    """A ``Relay`` attribute that lives on its ``Transport`` (``relay.host`` reads and sets it)."""
-
-    def __set_name__(self, owner: type[Relay], name: str) -> None:
-        self.name = name
-
-    @overload
-    def __get__(self, relay: None, owner: type[Relay]) -> _OnTransport[T]: ...
-    @overload
-    def __get__(self, relay: Relay, owner: type[Relay]) -> T: ...
-    def __get__(self, relay: Relay | None, owner: type[Relay]) -> _OnTransport[T] | T:
-        return self if relay is None else cast(T, getattr(relay.transport, self.name))
-
-    def __set__(self, relay: Relay, value: T) -> None:
-        setattr(relay.transport, self.name, value)
-
-
 class Relay:
     """Sends mail with a ``Transport`` and keeps what it could not deliver in an ``Outbox``.
 
     ``host`` is the smarthost (None: each recipient domain's MX); it and the other connection
-    options are the ``Transport``'s, readable and settable here too. ``outbox`` and ``failed``
+    options go to ``self.transport``. ``outbox`` and ``failed``
     are the maildirs for deferred and failed mail (None: not kept); ``retry`` their schedule.
     """
-
-    host = _OnTransport[str | None]()
-    port = _OnTransport[int]()
-    starttls = _OnTransport[bool | None]()
-    tls = _OnTransport[bool]()
-    username = _OnTransport[str | None]()
-    password = _OnTransport[str | None]()
-    timeout = _OnTransport[float]()
-    tls_context = _OnTransport[ssl.SSLContext | None]()
-    resolver = _OnTransport[Resolver | None]()
-    local_hostname = _OnTransport[str | None]()
 
     def __init__(
         self,
@@ -153,7 +124,8 @@ class Relay:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
-        target = f"{self.host}:{self.port}" if self.host else "MX"
+        transport = self.transport
+        target = f"{transport.host}:{transport.port}" if transport.host else "MX"
         return f"Relay({target})"
 
     def bind(self, loop: asyncio.AbstractEventLoop | None = None) -> None:

@@ -242,7 +242,7 @@ async def test_starttls_with_auth(
         relay = make_relay(
             tmp_path, port, username="relayuser", password="s3cret", tls_context=client_tls
         )
-        assert relay.starttls is True  # credentials never go out in the clear
+        assert relay.transport.starttls is True  # credentials never go out in the clear
         result = await relay.send_async(response())
         opportunistic = await make_relay(tmp_path, port, tls_context=client_tls).send_async(
             response(to="second@example.com")
@@ -558,14 +558,15 @@ def test_from_settings(tmp_path: Path) -> None:
         config_dir=str(tmp_path / "config"),
     )
     relay = relay_module.from_settings(settings)
-    assert (relay.host, relay.port, relay.starttls) == ("smtp.example.com", 587, True)
-    assert relay.username == "u" and relay.local_hostname == "mx.example.com"
+    transport = relay.transport
+    assert (transport.host, transport.port, transport.starttls) == ("smtp.example.com", 587, True)
+    assert transport.username == "u" and transport.local_hostname == "mx.example.com"
     assert relay.outbox.queue is not None
     assert relay.outbox.queue.path == str(tmp_path / "run" / "outbox")
     direct = relay_module.from_settings(
         Settings(config_dir=str(tmp_path / "config"), relay_starttls="off")
     )
-    assert direct.host is None and direct.starttls is False
+    assert direct.transport.host is None and direct.transport.starttls is False
 
 
 def test_retry_policy_backoff() -> None:
