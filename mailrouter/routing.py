@@ -169,15 +169,17 @@ class Router:
         Handler errors never escape: they become replies and queue entries. Errors of the state
         store or the event loop do escape, and the caller answers with a temporary failure.
         """
-        outcomes: dict[str, Outcome] = {}
+        outcomes: dict[str, Outcome] = {}  # by normalised address: duplicates route once
+        per_recipient: list[tuple[str, Outcome]] = []
         for recipient in message.recipients:
             address = normalize_address(recipient)
             if address not in outcomes:
                 outcomes[address] = await self._route(message.for_recipient(recipient), address)
+            per_recipient.append((recipient, outcomes[address]))
         reasons = {
             rcpt: reason
-            for rcpt in message.recipients
-            if (reason := outcomes[normalize_address(rcpt)].queue_reason) is not None
+            for rcpt, outcome in per_recipient
+            if (reason := outcome.queue_reason) is not None
         }
         queue_key, queue_error = None, None
         if reasons and self.undeliverable is not None:
@@ -193,8 +195,7 @@ class Router:
                 self._queue_failing = False
                 log.info("queued %s from %r: %s", queue_key, message.sender, reasons)
         replies = tuple(
-            reply_for(rcpt, outcomes[normalize_address(rcpt)], queue_key, queue_error)
-            for rcpt in message.recipients
+            reply_for(rcpt, outcome, queue_key, queue_error) for rcpt, outcome in per_recipient
         )
         return DeliveryResult(replies, queue_key, reasons)
 
