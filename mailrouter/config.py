@@ -65,6 +65,7 @@ class Settings:
     relay_timeout: float = 30.0
     outbox: str = "run/outbox"
     failed: str = "run/failed"
+    templates: str = "templates"
     pid_file: str = "run/mailrouter.pid"
     log_file: str = "logs/mailrouter.log"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

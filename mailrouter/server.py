@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from . import relay as outgoing
+from . import views
 from .config import Settings, handler_modules
 from .delivery import DeliveryResult
 from .errors import MailRouterError, Status
@@ -288,6 +289,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = 
     stopping = asyncio.Event()
     relay = outgoing.from_settings(settings)
     outgoing.configure(relay)
+    views.configure(settings.path(settings.templates))
     retries: asyncio.Task[None] | None = None
     try:
         await server.start()

@@ -42,6 +42,7 @@ SETTING_HELP = {
     "executor_threads": "Threads that run plain (non-async) handlers and state store calls.",
     "state_url": "Where senders' states are kept: shelve://PATH or memory://.",
     "undeliverable": "Maildir queue of messages no handler took.",
+    "templates": "Folder of the templates that mailrouter.views renders.",
     "pid_file": "Pid file of the running server.",
     "log_file": "Log file of the server when it runs in the background.",
     "log_level": "Least important log messages written.",
