@@ -3,7 +3,7 @@
 - ``handlers_example.log``: a catch-all that logs every message and keeps a copy in a maildir.
 - ``handlers_example.mailinglist``: a mailing list with confirmed subscriptions.
 
-``maildir``, ``outbox`` and ``lists`` are their helpers (storage, outgoing mail, membership),
-not handler modules. Relative paths in their settings are relative to the working directory,
-which ``mailrouter start`` sets to the project folder.
+``maildir``, ``lists`` and ``listmail`` are their helpers (storage, membership, the mail a list
+sends through ``mailrouter.relay``), not handler modules. Relative paths in their settings are
+relative to the working directory, which ``mailrouter start`` sets to the project folder.
 """

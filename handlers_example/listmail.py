@@ -1,79 +1,76 @@
-"""What a mailing list sends: the confirmation, notices to one member, copies of each post.
+"""What a mailing list sends, through ``mailrouter.relay``: answers to commands, copies of posts.
 
-Everything goes out through ``outbox.send`` (via ``notify`` for the short texts).
+Answers are automatic replies (``reply``: threaded, ``Auto-Submitted: auto-replied``) to the
+envelope sender, the address that joins or leaves. Copies of a post carry the list headers
+(RFC 2369, RFC 2919). All of it goes out from the list's bounce address ``NAME-bounces@host``.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Literal
 
-from mailrouter import MailRequest
+from mailrouter import MailRequest, relay, reply
 
-from .outbox import notify, send
+Answer = Literal["confirm", "welcome", "already", "goodbye"]
 
-log = logging.getLogger(__name__)
-
-Notice = Literal["welcome", "already", "goodbye"]
-
-_CONFIRM = """\
-Someone, probably you, asked to subscribe this address to {list}.
-To confirm, reply to this message or write to {confirm}.
-If you did not ask, ignore this message.
-"""
 _HOW = "Post by writing to {list}; leave by writing to {unsubscribe}.\n"
-_NOTICES: dict[Notice, tuple[str, str]] = {
+_ANSWERS: dict[Answer, tuple[str, str]] = {
+    "confirm": (
+        "Confirm your subscription to {list}",
+        "Someone, probably you, asked to subscribe this address to {list}.\n"
+        "To confirm, reply to this message or write to {confirm}.\n"
+        "If you did not ask, ignore this message.\n",
+    ),
     "welcome": ("Welcome to {list}", "You are now a member of {list}.\n" + _HOW),
     "already": ("You are already on {list}", "You are a member of {list}.\n" + _HOW),
     "goodbye": ("Goodbye from {list}", "You have left {list}. Welcome back any time.\n"),
 }
 
 
-def _address(name: str, host: str, suffix: str = "") -> str:
+def address(name: str, host: str, suffix: str = "") -> str:
+    """The address of list ``name`` with ``suffix``: ``news-unsubscribe@example.com``."""
     return f"{name}{suffix}@{host}"
 
 
-def confirmation(name: str, host: str, to: str, token: str) -> None:
-    """Mail the token to ``to``, from the confirm address so that replying confirms."""
-    confirm = _address(name, host, f"-confirm-{token}")
-    list_address = _address(name, host)
-    body = _CONFIRM.format(list=list_address, confirm=confirm)
-    notify(to, f"Confirm your subscription to {list_address}", body, sender=confirm)
+def answer(command: MailRequest, name: str, host: str, kind: Answer, token: str = "") -> None:
+    """Answer ``command``, sent to list ``name``, with the ``kind`` text.
 
-
-def notice(name: str, host: str, to: str, kind: Notice) -> None:
-    """Tell ``to`` about its membership of list ``name``."""
-    subject, body = _NOTICES[kind]
-    words = {"list": _address(name, host), "unsubscribe": _address(name, host, "-unsubscribe")}
-    notify(to, subject.format(**words), body.format(**words), sender=words["list"])
-
-
-def distribute(name: str, host: str, post: MailRequest, members: Iterable[str]) -> int:
-    """Send a copy of ``post`` to each member, tagged ``[name]`` and with List-* headers.
-
-    Returns how many copies were sent: none for a post carrying this list's own List-Id,
-    which is one of our copies coming back (a loop).
+    The confirmation comes from the confirm address, so that replying to it confirms.
     """
-    list_id = f"<{name}.{host}>"
-    if list_id in (post["List-Id"] or ""):
-        log.warning("%r: dropped a post that came back from the list", _address(name, host))
-        return 0
-    copy = message_from_bytes(post.data, policy=policy.default)
+    words = {
+        "list": address(name, host),
+        "unsubscribe": address(name, host, "-unsubscribe"),
+        "confirm": address(name, host, f"-confirm-{token}"),
+    }
+    subject, text = _ANSWERS[kind]
+    response = reply(
+        command,
+        text.format(**words),
+        sender=words["confirm" if kind == "confirm" else "list"],
+        to=command.route_from,
+        subject=subject.format(**words),
+    )
+    if response is not None:  # None for automatic mail, which is never answered
+        relay.send(response, sender=address(name, host, "-bounces"))
+
+
+def distribute(post: MailRequest, name: str, host: str, members: Sequence[str]) -> None:
+    """Send a copy of ``post`` to ``members``, its subject tagged ``[name]``, with list headers."""
+    copy = message_from_bytes(post.data, policy=policy.default)  # post.message is shared
     assert isinstance(copy, EmailMessage)
     subject = " ".join((post["Subject"] or "").split())  # encoded words may hide CR/LF
     tag = f"[{name}]"
-    for header in ("Subject", "List-Id", "List-Post", "List-Unsubscribe", "Precedence"):
+    headers = {
+        "Subject": subject if tag in subject else f"{tag} {subject}".rstrip(),
+        "List-Id": f"<{name}.{host}>",
+        "List-Post": f"<mailto:{address(name, host)}>",
+        "List-Unsubscribe": f"<mailto:{address(name, host, '-unsubscribe')}>",
+        "Precedence": "list",
+    }
+    for header, value in headers.items():
         del copy[header]
-    copy["Subject"] = subject if tag in subject else f"{tag} {subject}".rstrip()
-    copy["List-Id"] = list_id
-    copy["List-Post"] = f"<mailto:{_address(name, host)}>"
-    copy["List-Unsubscribe"] = f"<mailto:{_address(name, host, '-unsubscribe')}>"
-    copy["Precedence"] = "list"
-    sent = 0
-    for member in members:
-        send(member, copy)
-        sent += 1
-    return sent
+        copy[header] = value
+    relay.send(copy, sender=address(name, host, "-bounces"), recipients=members)

@@ -7,11 +7,15 @@ For a list NAME at the host (the router's ``host`` default):
 - ``NAME@host`` posts: a member's post goes to every member. Anyone else is refused with
   ``550 5.7.1`` during the SMTP session, so their own server tells them; we send nothing back.
 - ``NAME-unsubscribe@host`` leaves the list (or cancels a pending subscription).
+- ``NAME-bounces@host``, the envelope sender of all the list's mail, takes the bounces: logged.
+
+Answers and copies of posts go out through ``mailrouter.relay`` (see ``listmail.py``).
 
 States: START -> CONFIRMING -> POSTING -> START, kept per list by ``list_state_key``, so one
 sender can be a member of one list and confirming another. The list file (``lists.py``) is the
 record of membership: a state it contradicts (a lost state store, an edited file, ERROR after a
-crash) hands the message to the state it implies. Bounces and auto-replies are dropped unanswered.
+crash) hands the message to the state it implies. Bounces, automatic replies and list mail
+(``is_automatic``, RFC 3834) are dropped unanswered: a copy of a post that comes back is no post.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailrouter import MailRequest, SMTPError, route, route_like, state_key_generator
+from mailrouter import MailRequest, SMTPError, route, route_like, state_key_generator, stateless
 from mailrouter.message import normalize_address
+from mailrouter.response import is_automatic
 
 from . import listmail, lists
 
@@ -57,7 +62,10 @@ class _Ask:
         return self.message.route_from
 
     def address(self, suffix: str = "") -> str:
-        return f"{self.list}{suffix}@{self.host}"
+        return listmail.address(self.list, self.host, suffix)
+
+    def answer(self, kind: listmail.Answer, token: str = "") -> None:
+        listmail.answer(self.message, self.list, self.host, kind, token)
 
     def resume(self, state: State) -> State:
         """Handle this message in ``state`` instead; stay there unless it moves on."""
@@ -67,8 +75,8 @@ class _Ask:
 def _ask(
     message: MailRequest, list: str | None, action: str | None, token: str | None, host: str | None
 ) -> _Ask | None:
-    """The request, or None for a bounce or an automatic reply (RFC 3834): never answered."""
-    if message.is_bounce() or (message["Auto-Submitted"] or "no").strip().lower() != "no":
+    """The request, or None for automatic mail (a bounce, an auto-reply, list mail)."""
+    if is_automatic(message):
         return None
     assert list is not None and host is not None, "every list route captures list and host"
     return _Ask(message, list, host, action, token)
@@ -105,7 +113,7 @@ def START(
             f"5.7.1 You are not a member of {ask.address()}; "
             f"write to {ask.address('-subscribe')} to join",
         )
-    listmail.confirmation(ask.list, ask.host, ask.sender, lists.request(ask.list, ask.sender))
+    ask.answer("confirm", lists.request(ask.list, ask.sender))
     log.info("%r: %r asked to join", ask.address(), ask.sender)
     return CONFIRMING
 
@@ -124,7 +132,7 @@ def CONFIRMING(
     if lists.status(ask.list, ask.sender) != "pending":
         return _recover(ask)
     if ask.command == "subscribe":
-        listmail.confirmation(ask.list, ask.host, ask.sender, lists.request(ask.list, ask.sender))
+        ask.answer("confirm", lists.request(ask.list, ask.sender))
         return None
     if ask.command == "unsubscribe":
         lists.remove(ask.list, ask.sender)
@@ -135,7 +143,7 @@ def CONFIRMING(
     if not lists.confirm(ask.list, ask.sender, ask.token or ""):
         raise SMTPError(550, f"5.7.1 Wrong confirmation token for {ask.address()}")
     log.info("%r: %r is now a member", ask.address(), ask.sender)
-    listmail.notice(ask.list, ask.host, ask.sender, "welcome")
+    ask.answer("welcome")
     return POSTING
 
 
@@ -154,14 +162,14 @@ def POSTING(
         return _recover(ask)
     if ask.command == "post":
         members = sorted(lists.read(ask.list).members)
-        sent = listmail.distribute(ask.list, ask.host, ask.message, members)
-        log.info("%r: post from %r sent to %d members", ask.address(), ask.sender, sent)
+        listmail.distribute(ask.message, ask.list, ask.host, members)
+        log.info("%r: post from %r sent to %d members", ask.address(), ask.sender, len(members))
     elif ask.command == "subscribe":
-        listmail.notice(ask.list, ask.host, ask.sender, "already")
+        ask.answer("already")
     elif ask.command == "unsubscribe":
         lists.remove(ask.list, ask.sender)
         log.info("%r: %r left", ask.address(), ask.sender)
-        listmail.notice(ask.list, ask.host, ask.sender, "goodbye")
+        ask.answer("goodbye")
         return START
     return None  # a confirmation sent twice: nothing more to do
 
@@ -177,3 +185,10 @@ def ERROR(
     """A handler failed for this sender earlier: carry on from what the list file says."""
     ask = _ask(message, list, action, token, host)
     return None if ask is None else _recover(ask)
+
+
+@route("(list)-bounces@(host)", list=lists.NAME)
+@stateless
+def BOUNCES(message: MailRequest, list: str | None = None, host: str | None = None) -> None:
+    """Log a bounce of the list's mail (a bigger list would count them and drop dead addresses)."""
+    log.warning("%r: a bounce from %r: %r", f"{list}@{host}", message.sender, message["Subject"])

@@ -301,22 +301,23 @@ def reply(
     text: str | None = None,
     html: str | None = None,
     sender: str | Address | None = None,
+    to: Addresses | None = None,
     **kw: Any,
 ) -> MailResponse | None:
     """An answer to ``message`` in the same thread, or None when it must not be answered.
 
-    The answer goes to Reply-To (else From, else the envelope sender) from ``sender`` (default:
-    the address the message was routed to), with ``In-Reply-To``, ``References``, one ``Re:``
-    and ``Auto-Submitted: auto-replied``. Messages that ``is_automatic`` are never answered.
-    Other keyword arguments (``subject``, ``cc``, ``attachments``, ``headers``...) go to
-    MailResponse.
+    The answer goes to ``to`` (default: Reply-To, else From, else the envelope sender) from
+    ``sender`` (default: the address the message was routed to), with ``In-Reply-To``,
+    ``References``, one ``Re:`` and ``Auto-Submitted: auto-replied``. Messages that
+    ``is_automatic`` are never answered. Other keyword arguments (``subject``, ``cc``,
+    ``attachments``, ``headers``...) go to MailResponse.
     """
     if is_automatic(message):
         log.info(
             "not replying to automatic message %r from %r", message["Message-ID"], message.sender
         )
         return None
-    to = _reply_addresses(message)
+    to = _reply_addresses(message) if to is None else to
     if not to:
         log.info("not replying to %r: no address to reply to", message["Message-ID"])
         return None

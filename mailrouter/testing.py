@@ -108,9 +108,10 @@ class Conversation:
         data = message.as_bytes(policy=policy.SMTP)
         return await self.router.deliver(MailRequest(("127.0.0.1", 0), sender, recipients, data))
 
-    def assert_in_state(self, module: str, sender: str, state: str) -> None:
-        """Fail unless ``module`` is in ``state`` for ``sender``."""
-        probe = MailRequest(None, sender, [""], b"")
+    def assert_in_state(self, module: str, sender: str, state: str, to: str = "") -> None:
+        """Fail unless ``module`` is in ``state`` for ``sender`` (for mail to ``to``, when the
+        module's ``state_key_generator`` looks at the recipient)."""
+        probe = MailRequest(None, sender, [to], b"")
         actual = self.router.get_state(module, probe)
         assert actual == state, f"{module} is in {actual} for {sender}, not {state}"
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import smtplib
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from aiosmtpd.smtp import SMTP
 
 from mailrouter import MailRequest
 from mailrouter.config import Settings
@@ -76,3 +82,77 @@ def running(
         **overrides,
     )
     return serving(settings)
+
+
+@dataclass
+class Received:
+    """One message a Sink accepted: the envelope, the bytes, and how the session went."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+    mail_options: list[str]
+    tls: bool
+    login: bytes | None
+
+
+class Sink:
+    """An aiosmtpd handler that records what it accepts and refuses as it is told."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.rcpt_replies: dict[str, str] = {}  # recipient -> refusal reply
+        self.mail_reply: str | None = None
+        self.data_reply: str | None = None
+        self.arrived = asyncio.Event()
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.rcpt_replies:
+            return self.rcpt_replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_reply:
+            return self.data_reply
+        tls = server.transport.get_extra_info("ssl_object") is not None
+        login = session.auth_data.login if session.authenticated else None
+        self.received.append(
+            Received(
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                envelope.original_content,
+                list(envelope.mail_options),
+                tls,
+                login,
+            )
+        )
+        self.arrived.set()
+        return "250 2.0.0 Stored"
+
+
+@asynccontextmanager
+async def sink_server(
+    sink: Sink, *, sock: socket.socket | None = None, tls: ssl.SSLContext | None = None, **kw: Any
+) -> AsyncIterator[int]:
+    """Serve ``sink`` on 127.0.0.1 (a fresh port, or ``sock``); yields the port."""
+    loop = asyncio.get_running_loop()
+    kw.setdefault("hostname", "sink.test")
+    where: dict[str, Any] = {"sock": sock} if sock else {"host": "127.0.0.1", "port": 0}
+    server = await loop.create_server(lambda: SMTP(sink, **kw), ssl=tls, **where)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -1,14 +1,16 @@
-"""The example handler apps end to end: a real server on 127.0.0.1 port 0, smtplib clients."""
+"""The example handler apps: conversations in memory (``mailrouter.testing``), then the mailing
+list end to end: a real ``mailrouter start`` relaying to a loopback sink, smtplib clients."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import smtplib
 import threading
 import tomllib
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -16,16 +18,18 @@ from typing import Any
 
 import helpers
 import pytest
-from helpers import lmtp_send, serving
+from helpers import Received, Sink, serving, sink_server
+from test_daemon import Project
 
-from mailrouter import MailRequest, Router
+from mailrouter import MailRequest, Reply, Router
 from mailrouter.config import FIELDS, Settings, load_settings
-from mailrouter.server import Server
+from mailrouter.testing import Conversation, Outbox
 
 ROOT = Path(__file__).resolve().parent.parent
 LIST = "handlers_example.mailinglist"
 LOG = "handlers_example.log"
 JOE, ANN, BOB = "joe@x.org", "ann@y.org", "bob@z.org"
+BOUNCES = "news-bounces@example.com"
 
 
 @pytest.fixture(autouse=True)
@@ -34,55 +38,42 @@ def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.syspath_prepend(str(ROOT))  # also restores what build_router adds to sys.path
     import handlers_example.lists
     import handlers_example.log
-    import handlers_example.outbox
 
     folder = tmp_path / "data"
     monkeypatch.setattr(handlers_example.lists, "LISTS_DIR", folder / "lists")
-    monkeypatch.setattr(handlers_example.outbox, "OUTBOX_DIR", folder / "outbox")
     monkeypatch.setattr(handlers_example.log, "MAIL_DIR", folder / "mail")
     return folder
 
 
-def running(
-    tmp_path: Path, *handlers: str, **overrides: Any
-) -> AbstractAsyncContextManager[Server]:
-    """A server for ``handlers`` (the mailing list by default) with its files under tmp_path."""
-    return helpers.running(tmp_path, *(handlers or (LIST,)), **overrides)
+@pytest.fixture
+def talk(conversation: Conversation) -> Conversation:
+    """The ``conversation`` fixture with the mailing list loaded for example.com."""
+    conversation.router.defaults["host"] = r"example\.com"
+    conversation.router.load([LIST])
+    return conversation
 
 
-def _sendmail(port: int, sender: str, rcpt: str, subject: str, headers: str, body: str) -> Any:
-    data = f"From: {sender or 'daemon@x.org'}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n{headers}"
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-        return client.sendmail(sender, [rcpt], f"{data}\r\n{body}".encode())
+def say(talk: Conversation, sender: str, to: str, subject: str = "Hello") -> Reply:
+    """Deliver one message from ``sender`` to ``to``; the reply."""
+    (reply,) = talk.say(to, subject, "Hi all.\n", sender=sender).replies
+    return reply
 
 
-async def send(
-    server: Server,
-    sender: str,
-    rcpt: str,
-    subject: str = "Hello",
-    headers: str = "",
-    body: str = "Hi all.\r\n",
-) -> None:
-    """Send one message; it must be accepted."""
-    assert (
-        await asyncio.to_thread(_sendmail, server.port, sender, rcpt, subject, headers, body) == {}
-    )
+def accepted(talk: Conversation, sender: str, to: str, subject: str = "Hello") -> None:
+    reply = say(talk, sender, to, subject)
+    assert reply.code == 250, reply
 
 
-async def refusal(server: Server, sender: str, rcpt: str) -> tuple[int, str]:
-    """Send one message; it must be refused after DATA: the reply."""
-    with pytest.raises(smtplib.SMTPDataError) as info:
-        await asyncio.to_thread(_sendmail, server.port, sender, rcpt, "Hello", "", "Hi.\r\n")
-    error = info.value.smtp_error
-    return info.value.smtp_code, error.decode() if isinstance(error, bytes) else error
+def deliver(router: Router, sender: str, to: str, headers: str = "", body: str = "x\r\n") -> Reply:
+    """Deliver a message with extra ``headers`` (which ``Conversation.say`` cannot add)."""
+    data = f"From: {sender or 'daemon@x.org'}\r\nSubject: Hi\r\n{headers}\r\n{body}".encode()
+    (reply,) = asyncio.run(router.deliver(MailRequest(None, sender, [to], data))).replies
+    return reply
 
 
-def maildir(folder: Path) -> list[EmailMessage]:
-    """The messages in a maildir's ``new/``, oldest first."""
-    new = folder / "new"
-    paths = sorted(new.iterdir()) if new.is_dir() else []
-    return [message_from_bytes(p.read_bytes(), policy=policy.default) for p in paths]
+def last(outbox: Outbox, to: str) -> EmailMessage:
+    """The last message sent to ``to``."""
+    return outbox.delivered(to=to)[-1]
 
 
 def token_in(confirmation: EmailMessage) -> str:
@@ -91,155 +82,155 @@ def token_in(confirmation: EmailMessage) -> str:
     return found.group(1)
 
 
-def state(server: Server, sender: str, rcpt: str) -> str:
-    return server.router.get_state(LIST, MailRequest(None, sender, [rcpt], b""))
-
-
-async def join(server: Server, data: Path, sender: str, name: str = "news") -> None:
+def join(talk: Conversation, sender: str, name: str = "news") -> None:
     """Subscribe and confirm ``sender``."""
-    await send(server, sender, f"{name}-subscribe@example.com")
-    token = token_in(maildir(data / "outbox")[-1])
-    await send(server, sender, f"{name}-confirm-{token}@example.com")
+    accepted(talk, sender, f"{name}-subscribe@example.com")
+    token = token_in(last(talk.outbox, sender))
+    accepted(talk, sender, f"{name}-confirm-{token}@example.com")
 
 
-async def test_subscribe_confirm_post_unsubscribe(tmp_path: Path, data: Path) -> None:
+def test_subscribe_confirm_post_unsubscribe(talk: Conversation) -> None:
     from handlers_example import lists
 
-    async with running(tmp_path) as server:
-        await send(server, JOE, "news-subscribe@example.com")
-        (confirmation,) = maildir(data / "outbox")
-        assert confirmation["X-Outbox-To"] == JOE and confirmation["To"] == JOE
-        assert confirmation["Auto-Submitted"] == "auto-replied"
-        token = token_in(confirmation)
-        assert f"news-confirm-{token}@example.com" in confirmation.get_content()
-        assert lists.status("news", JOE) == "pending"
-        assert state(server, JOE, "news@example.com") == "CONFIRMING"
+    accepted(talk, JOE, "news-subscribe@example.com", "join")
+    (sent,) = talk.outbox.sent
+    confirmation = sent.message
+    assert (sent.sender, sent.recipients) == (BOUNCES, (JOE,))
+    assert confirmation["To"] == JOE and confirmation["Subject"] == (
+        "Confirm your subscription to news@example.com"
+    )
+    assert confirmation["Auto-Submitted"] == "auto-replied"
+    assert confirmation["In-Reply-To"] is not None
+    token = token_in(confirmation)
+    assert f"news-confirm-{token}@example.com" in confirmation.get_content()
+    assert lists.status("news", JOE) == "pending"
+    talk.assert_in_state(LIST, JOE, "CONFIRMING", to="news@example.com")
 
-        await send(server, JOE, f"news-confirm-{token}@example.com")
-        assert maildir(data / "outbox")[-1]["Subject"] == "Welcome to news@example.com"
-        assert state(server, JOE, "news@example.com") == "POSTING"
+    accepted(talk, JOE, f"news-confirm-{token}@example.com", "Re: join")
+    assert last(talk.outbox, JOE)["Subject"] == "Welcome to news@example.com"
+    talk.assert_in_state(LIST, JOE, "POSTING", to="news@example.com")
 
-        await send(server, JOE, "news@example.com", subject="First post")
-        copy = maildir(data / "outbox")[-1]
-        assert copy["X-Outbox-To"] == JOE and copy["From"] == JOE
-        assert copy["Subject"] == "[news] First post"
-        assert copy["List-Id"] == "<news.example.com>"
-        assert copy["List-Unsubscribe"] == "<mailto:news-unsubscribe@example.com>"
-        assert copy.get_content() == "Hi all.\n"
+    accepted(talk, JOE, "news@example.com", "First post")
+    sent = talk.outbox.sent[-1]
+    copy = sent.message
+    assert (sent.sender, sent.recipients) == (BOUNCES, (JOE,))
+    assert copy["From"] == JOE and copy["Subject"] == "[news] First post"
+    assert copy["List-Id"] == "<news.example.com>"
+    assert copy["List-Post"] == "<mailto:news@example.com>"
+    assert copy["List-Unsubscribe"] == "<mailto:news-unsubscribe@example.com>"
+    assert copy["Precedence"] == "list"
+    assert copy.get_content().strip() == "Hi all."
 
-        await send(server, JOE, "news-unsubscribe@example.com")
-        assert maildir(data / "outbox")[-1]["Subject"] == "Goodbye from news@example.com"
-        assert state(server, JOE, "news@example.com") == "START"
-        code, text = await refusal(server, JOE, "news@example.com")
-        assert code == 550
-        assert text.startswith("5.7.1 You are not a member of news@example.com")
-        assert len(maildir(data / "outbox")) == 4
-        assert server.router.undeliverable is not None and len(server.router.undeliverable) == 0
+    accepted(talk, JOE, "news-unsubscribe@example.com")
+    assert last(talk.outbox, JOE)["Subject"] == "Goodbye from news@example.com"
+    talk.assert_in_state(LIST, JOE, "START", to="news@example.com")
+    reply = say(talk, JOE, "news@example.com")
+    assert reply.code == 550
+    assert reply.text.startswith("5.7.1 You are not a member of news@example.com")
+    assert len(talk.outbox.sent) == 4
     assert lists.read("news") == lists.Roster()
 
 
-async def test_every_member_gets_every_post_and_outsiders_are_refused(
-    tmp_path: Path, data: Path
-) -> None:
+def test_every_member_gets_every_post_and_outsiders_are_refused(talk: Conversation) -> None:
     from handlers_example import lists
 
-    async with running(tmp_path) as server:
-        await join(server, data, JOE)
-        await join(server, data, "Ann <ANN@y.org>")  # the normalised address is the member
-        before = len(maildir(data / "outbox"))
-        await send(server, ANN, "news@example.com", subject="[news] Re: hi")
-        copies = maildir(data / "outbox")[before:]
-        assert sorted(c["X-Outbox-To"] for c in copies) == [ANN, JOE]
-        assert {c["Subject"] for c in copies} == {"[news] Re: hi"}  # no second tag
-        code, text = await refusal(server, BOB, "news@example.com")
-        assert (code, text[:5]) == (550, "5.7.1") and "news-subscribe@example.com" in text
+    join(talk, JOE)
+    join(talk, "ANN@y.org")  # the normalised address is the member
+    talk.outbox.clear()
+    accepted(talk, ANN, "news@example.com", "[news] Re: hi")
+    (sent,) = talk.outbox.sent  # one message, to every member
+    assert sent.recipients == (ANN, JOE)
+    assert sent.message["Subject"] == "[news] Re: hi"  # no second tag
+    reply = say(talk, BOB, "news@example.com")
+    assert (reply.code, reply.text[:5]) == (550, "5.7.1")
+    assert "news-subscribe@example.com" in reply.text
     assert lists.read("news").members == {JOE, ANN}
-    assert len(maildir(data / "outbox")) == before + 2
+    assert len(talk.outbox.sent) == 1
 
 
-async def test_wrong_or_foreign_tokens_are_refused_and_subscribing_again_resends(
-    tmp_path: Path, data: Path
+def test_wrong_or_foreign_tokens_are_refused_and_subscribing_again_resends(
+    talk: Conversation,
 ) -> None:
-    async with running(tmp_path) as server:
-        await send(server, JOE, "news-subscribe@example.com")
-        token = token_in(maildir(data / "outbox")[-1])
-        code, text = await refusal(server, JOE, "news-confirm-0badc0de@example.com")
-        assert (code, text) == (550, "5.7.1 Wrong confirmation token for news@example.com")
-        code, text = await refusal(server, JOE, "news@example.com")
-        assert text == "5.7.1 Confirm your subscription to news@example.com first"
-        code, text = await refusal(server, ANN, f"news-confirm-{token}@example.com")
-        assert text.startswith("5.7.1 No subscription to news@example.com")
-        await send(server, JOE, "news-subscribe@example.com")
-        assert token_in(maildir(data / "outbox")[-1]) == token  # the same token, sent again
-        assert state(server, JOE, "news@example.com") == "CONFIRMING"
-        await send(server, JOE, f"news-confirm-{token}@example.com")
-        assert state(server, JOE, "news@example.com") == "POSTING"
-        await send(server, JOE, f"news-confirm-{token}@example.com")  # a second click: harmless
-        await send(server, JOE, "news-subscribe@example.com")
-        assert maildir(data / "outbox")[-1]["Subject"] == "You are already on news@example.com"
+    accepted(talk, JOE, "news-subscribe@example.com")
+    token = token_in(last(talk.outbox, JOE))
+    reply = say(talk, JOE, "news-confirm-0badc0de@example.com")
+    assert (reply.code, reply.text) == (550, "5.7.1 Wrong confirmation token for news@example.com")
+    assert say(talk, JOE, "news@example.com").text == (
+        "5.7.1 Confirm your subscription to news@example.com first"
+    )
+    reply = say(talk, ANN, f"news-confirm-{token}@example.com")
+    assert reply.text.startswith("5.7.1 No subscription to news@example.com")
+    accepted(talk, JOE, "news-subscribe@example.com")
+    assert token_in(last(talk.outbox, JOE)) == token  # the same token, sent again
+    talk.assert_in_state(LIST, JOE, "CONFIRMING", to="news@example.com")
+    accepted(talk, JOE, f"news-confirm-{token}@example.com")
+    talk.assert_in_state(LIST, JOE, "POSTING", to="news@example.com")
+    accepted(talk, JOE, f"news-confirm-{token}@example.com")  # a second click: harmless
+    accepted(talk, JOE, "news-subscribe@example.com")
+    assert last(talk.outbox, JOE)["Subject"] == "You are already on news@example.com"
 
 
-async def test_one_sender_has_a_state_per_list(tmp_path: Path, data: Path) -> None:
-    async with running(tmp_path, protocol="lmtp") as server:
-
-        def subscribe(name: str) -> None:
-            lmtp_send(server.port, JOE, [f"{name}-subscribe@example.com"], b"Subject: join\r\n\r\n")
-
-        await asyncio.to_thread(subscribe, "chat")
-        token = token_in(maildir(data / "outbox")[-1])
-        await asyncio.to_thread(subscribe, "news")
-        await asyncio.to_thread(
-            lmtp_send, server.port, JOE, [f"chat-confirm-{token}@example.com"], b"\r\nyes\r\n"
-        )
-        assert state(server, JOE, "chat@example.com") == "POSTING"
-        assert state(server, JOE, "news-anything@example.com") == "CONFIRMING"
-        post = b"From: joe@x.org\r\nSubject: both\r\n\r\nHi.\r\n"
-        replies = await asyncio.to_thread(
-            lmtp_send, server.port, JOE, ["chat@example.com", "news@example.com"], post
-        )
-    assert [code for code, _ in replies] == [250, 550]
-    assert replies[1][1].startswith(b"5.7.1 Confirm your subscription to news@example.com")
-    assert maildir(data / "outbox")[-1]["List-Id"] == "<chat.example.com>"
+def test_one_sender_has_a_state_per_list(talk: Conversation) -> None:
+    accepted(talk, JOE, "chat-subscribe@example.com")
+    token = token_in(last(talk.outbox, JOE))
+    accepted(talk, JOE, "news-subscribe@example.com")
+    accepted(talk, JOE, f"chat-confirm-{token}@example.com")
+    talk.assert_in_state(LIST, JOE, "POSTING", to="chat@example.com")
+    talk.assert_in_state(LIST, JOE, "CONFIRMING", to="news-anything@example.com")
+    talk.outbox.clear()
+    result = talk.say(["chat@example.com", "news@example.com"], "both", sender=JOE)
+    assert [reply.code for reply in result.replies] == [250, 550]
+    assert result.replies[1].text.startswith("5.7.1 Confirm your subscription to news@example.com")
+    (sent,) = talk.outbox.sent
+    assert sent.message["List-Id"] == "<chat.example.com>"
 
 
-async def test_bounces_auto_replies_and_loops_are_ignored(tmp_path: Path, data: Path) -> None:
+def test_bounces_auto_replies_and_list_mail_are_ignored(
+    talk: Conversation, caplog: pytest.LogCaptureFixture
+) -> None:
     from handlers_example import lists
 
+    router = talk.router
     report = 'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n'
-    async with running(tmp_path) as server:
-        await send(server, "", "news-subscribe@example.com")  # MAIL FROM:<>
-        await send(server, "", "news@example.com")
-        assert maildir(data / "outbox") == [] and lists.read("news") == lists.Roster()
-        await join(server, data, JOE)
-        before = len(maildir(data / "outbox"))
-        await send(server, JOE, "news@example.com", headers="Auto-Submitted: auto-replied\r\n")
-        await send(server, JOE, "news@example.com", headers=report, body="--b--\r\n")
-        await send(server, JOE, "news@example.com", headers="List-Id: News <news.example.com>\r\n")
-        await send(server, JOE, "news-unsubscribe@example.com", headers=report, body="--b--\r\n")
-        assert len(maildir(data / "outbox")) == before
-        assert state(server, JOE, "news@example.com") == "POSTING"
+    assert deliver(router, "", "news-subscribe@example.com").code == 250  # MAIL FROM:<>
+    assert deliver(router, "", "news@example.com").code == 250
+    assert talk.outbox.sent == [] and lists.read("news") == lists.Roster()
+    join(talk, JOE)
+    talk.outbox.clear()
+    for headers in (
+        "Auto-Submitted: auto-replied\r\n",
+        "Precedence: bulk\r\n",
+        "List-Id: News <news.example.com>\r\n",  # a copy of a post, come back
+    ):
+        assert deliver(router, JOE, "news@example.com", headers).code == 250
+    assert deliver(router, JOE, "news-unsubscribe@example.com", report, "--b--\r\n").code == 250
+    assert talk.outbox.sent == []
+    talk.assert_in_state(LIST, JOE, "POSTING", to="news@example.com")
+
+    caplog.set_level(logging.WARNING, logger=LIST)
+    result = asyncio.run(router.deliver(helpers.mail("", [BOUNCES], subject="Undelivered")))
+    assert [reply.code for reply in result.replies] == [250] and not result.reasons
+    assert "'news@example.com': a bounce" in caplog.text and "'Undelivered'" in caplog.text
 
 
-async def test_the_list_file_wins_after_a_lost_state_or_a_crash(tmp_path: Path, data: Path) -> None:
+def test_the_list_file_wins_after_a_lost_state_or_a_crash(talk: Conversation) -> None:
     from handlers_example import lists
 
-    async with running(tmp_path, state_url="memory://") as server:
-        await join(server, data, JOE)
-        server.router.clear_states()  # as after restarting with memory://
-        await send(server, JOE, "news@example.com", subject="still here")
-        assert maildir(data / "outbox")[-1]["Subject"] == "[news] still here"
-        assert state(server, JOE, "news@example.com") == "POSTING"
+    join(talk, JOE)
+    talk.router.clear_states()  # as after restarting with memory://
+    accepted(talk, JOE, "news@example.com", "still here")
+    assert last(talk.outbox, JOE)["Subject"] == "[news] still here"
+    talk.assert_in_state(LIST, JOE, "POSTING", to="news@example.com")
 
-        good = lists.path("news").read_bytes()
-        lists.path("news").write_text("{not json")
-        await send(server, JOE, "news@example.com")  # the handler fails: queued, ERROR
-        queue = server.router.undeliverable
-        assert queue is not None and len(queue) == 1
-        assert state(server, JOE, "news@example.com") == "ERROR"
-        lists.path("news").write_bytes(good)
-        await send(server, JOE, "news@example.com", subject="recovered")
-        assert maildir(data / "outbox")[-1]["Subject"] == "[news] recovered"
-        assert state(server, JOE, "news@example.com") == "POSTING"
+    good = lists.path("news").read_bytes()
+    lists.path("news").write_text("{not json")
+    failed = talk.say("news@example.com", "lost", sender=JOE)  # the handler fails: ERROR
+    assert [reply.code for reply in failed.replies] == [451] and failed.reasons
+    talk.assert_in_state(LIST, JOE, "ERROR", to="news@example.com")
+    lists.path("news").write_bytes(good)
+    accepted(talk, JOE, "news@example.com", "recovered")
+    assert last(talk.outbox, JOE)["Subject"] == "[news] recovered"
+    talk.assert_in_state(LIST, JOE, "POSTING", to="news@example.com")
 
 
 def test_concurrent_list_edits_lose_nothing(data: Path) -> None:
@@ -266,17 +257,31 @@ def test_list_names_and_tokens_are_ascii() -> None:
     assert router.match("news-confirm-\u0131@example.com") == []
 
 
+def _sendmail(port: int, sender: str, rcpt: str, subject: str, message_id: str = "") -> Any:
+    head = f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
+    head += f"Message-ID: {message_id}\r\n" if message_id else ""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        return client.sendmail(sender, [rcpt], f"{head}\r\nHi all.\r\n".encode())
+
+
+async def send(port: int, sender: str, rcpt: str, subject: str, message_id: str = "") -> None:
+    """Send one message over SMTP; it must be accepted."""
+    refused = await asyncio.to_thread(_sendmail, port, sender, rcpt, subject, message_id)
+    assert refused == {}
+
+
 async def test_log_handler_stores_a_copy_and_logs_one_escaped_line(
     tmp_path: Path, data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOG)
     subject = "=?utf-8?q?evil=0D=0AFAKE_LINE?="  # decodes to a CR LF
-    async with running(tmp_path, LOG) as server:
-        await send(server, JOE, "Someone@Example.com", subject=subject)
-        await send(server, JOE, "nobody@elsewhere.org")  # not the host: no route, queued
+    async with helpers.running(tmp_path, LOG) as server:
+        await send(server.port, JOE, "Someone@Example.com", subject)
+        await send(server.port, JOE, "nobody@elsewhere.org", "Hi")  # not the host: queued
         queue = server.router.undeliverable
         assert queue is not None and len(queue) == 1
-    (stored,) = maildir(data / "mail")
+    new = data / "mail" / "new"
+    (stored,) = [message_from_bytes(p.read_bytes(), policy=policy.default) for p in new.iterdir()]
     assert stored["Delivered-To"] == "Someone@Example.com"
     assert stored["Subject"] == "evil\r\nFAKE LINE" and stored.get_content() == "Hi all.\n"
     (record,) = [r for r in caplog.records if r.name == LOG]
@@ -286,7 +291,9 @@ async def test_log_handler_stores_a_copy_and_logs_one_escaped_line(
     assert "'evil\\r\\nFAKE LINE'" in line and " bytes" in line
 
 
-async def test_the_default_config_parses_and_runs(tmp_path: Path, data: Path) -> None:
+async def test_the_default_config_parses_and_runs(
+    tmp_path: Path, data: Path, outbox: Outbox
+) -> None:
     overrides = {"port": 0, "state_url": "memory://", "undeliverable": str(tmp_path / "queue")}
     settings = load_settings(ROOT / "config", overrides=overrides, environ={})
     assert settings.handlers == (LIST, LOG)
@@ -306,9 +313,96 @@ async def test_the_default_config_parses_and_runs(tmp_path: Path, data: Path) ->
 
     async with serving(settings) as server:
         assert server.router.modules[:2] == (LIST, LOG)
-        await send(server, JOE, "news-subscribe@localhost")
-        code, _ = await refusal(server, BOB, "news@localhost")
-    assert code == 550
-    (confirmation,) = maildir(data / "outbox")
+        await send(server.port, JOE, "news-subscribe@localhost", "join")
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            await send(server.port, BOB, "news@localhost", "Hi")
+    assert refused.value.smtp_code == 550
+    (confirmation,) = outbox.delivered(to=JOE)
     assert confirmation["From"].startswith("news-confirm-")
-    assert [m["Delivered-To"] for m in maildir(data / "mail")] == ["news-subscribe@localhost"]
+    (stored,) = (data / "mail" / "new").iterdir()
+    assert stored.read_bytes().startswith(b"Delivered-To: news-subscribe@localhost\n")
+
+
+CONFIG = """
+handlers = ["handlers_example.mailinglist"]
+relay_host = "127.0.0.1"
+relay_port = {port}
+[defaults]
+host = 'example\\.com'
+"""
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out waiting for {condition}")
+        await asyncio.sleep(0.02)
+
+
+def parse(received: Received) -> EmailMessage:
+    message = message_from_bytes(received.data, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def found(sink: Sink, to: str, subject: str) -> list[Received]:
+    """What the sink received for ``to`` with ``subject``."""
+    return [r for r in sink.received if to in r.recipients and parse(r)["Subject"] == subject]
+
+
+async def arrived(sink: Sink, to: str, subject: str) -> EmailMessage:
+    """The one message for ``to`` with ``subject`` (waited for); sent from the bounce address."""
+    await wait_for(lambda: bool(found(sink, to, subject)))
+    (received,) = found(sink, to, subject)
+    assert received.sender == BOUNCES
+    return parse(received)
+
+
+async def test_the_whole_conversation_over_smtp_through_the_relay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT), prepend=os.pathsep)  # for handlers_example
+    sink = Sink()
+    project = Project(tmp_path / "project")
+    (project.folder / "config").mkdir(parents=True)
+    async with sink_server(sink) as sink_port:
+        (project.folder / "config" / "mailrouter.toml").write_text(CONFIG.format(port=sink_port))
+        port, _ = await asyncio.to_thread(project.start)
+        try:
+            for member in (JOE, ANN, BOB):
+                await send(port, member, "news-subscribe@example.com", "join", f"<join.{member}>")
+                confirmation = await arrived(
+                    sink, member, "Confirm your subscription to news@example.com"
+                )
+                assert confirmation["Auto-Submitted"] == "auto-replied"
+                assert confirmation["In-Reply-To"] == f"<join.{member}>"
+                confirm = confirmation["From"]
+                assert confirm in confirmation.get_content()
+                await send(port, member, confirm, "Re: Confirm")
+                await arrived(sink, member, "Welcome to news@example.com")
+
+            await send(port, ANN, "news@example.com", "First post", "<first@y.org>")
+            for member in (JOE, ANN, BOB):
+                copy = await arrived(sink, member, "[news] First post")
+                assert copy["From"] == ANN and copy["Message-ID"] == "<first@y.org>"
+                assert copy["List-Id"] == "<news.example.com>"
+                assert copy["List-Unsubscribe"] == "<mailto:news-unsubscribe@example.com>"
+                assert copy["Precedence"] == "list"
+
+            await send(port, BOB, "news-unsubscribe@example.com", "leave")
+            await arrived(sink, BOB, "Goodbye from news@example.com")
+            await send(port, JOE, "news@example.com", "Second post")
+            for member in (JOE, ANN):
+                await arrived(sink, member, "[news] Second post")
+            # the list sends before it answers DATA: a copy for Bob would be here by now
+            assert found(sink, BOB, "[news] Second post") == []
+            every = sorted((r, parse(m)["Subject"]) for m in sink.received for r in m.recipients)
+            # 3 confirmations, 3 welcomes, 3 + 2 copies and a goodbye; nothing twice
+            assert len(every) == len(set(every)) == 12
+            stopped = await asyncio.to_thread(project.run, "stop")
+            assert stopped.returncode == 0, stopped.stderr
+        finally:
+            project.kill_all()

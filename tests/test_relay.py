@@ -7,9 +7,6 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -20,7 +17,8 @@ import dns.rdata
 import dns.resolver
 import pytest
 import trustme
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from helpers import Sink, sink_server
 
 from mailrouter import relay as relay_module
 from mailrouter.message import MailRequest
@@ -32,83 +30,11 @@ from mailrouter.response import MailResponse
 LATER = 10_000.0  # seconds: "now" for a retry pass that finds every entry due
 
 
-@dataclass
-class Received:
-    sender: str
-    recipients: list[str]
-    data: bytes
-    mail_options: list[str]
-    tls: bool
-    login: bytes | None
-
-
-class Sink:
-    """An aiosmtpd handler that records what it accepts and refuses as it is told."""
-
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.rcpt_replies: dict[str, str] = {}  # recipient -> refusal reply
-        self.mail_reply: str | None = None
-        self.data_reply: str | None = None
-        self.arrived = asyncio.Event()
-
-    async def handle_MAIL(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        if self.mail_reply:
-            return self.mail_reply
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return "250 OK"
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        if address in self.rcpt_replies:
-            return self.rcpt_replies[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.data_reply:
-            return self.data_reply
-        tls = server.transport.get_extra_info("ssl_object") is not None
-        login = session.auth_data.login if session.authenticated else None
-        self.received.append(
-            Received(
-                envelope.mail_from,
-                list(envelope.rcpt_tos),
-                envelope.original_content,
-                list(envelope.mail_options),
-                tls,
-                login,
-            )
-        )
-        self.arrived.set()
-        return "250 2.0.0 Stored"
-
-
 def authenticator(
     server: Any, session: Any, envelope: Any, mechanism: str, data: Any
 ) -> AuthResult:
     ok = isinstance(data, LoginPassword) and data == (b"relayuser", b"s3cret")
     return AuthResult(success=ok, handled=False, auth_data=data)
-
-
-@asynccontextmanager
-async def sink_server(
-    sink: Sink, *, sock: socket.socket | None = None, tls: ssl.SSLContext | None = None, **kw: Any
-) -> AsyncIterator[int]:
-    """Serve ``sink`` on 127.0.0.1 (a fresh port, or ``sock``); yields the port."""
-    loop = asyncio.get_running_loop()
-    kw.setdefault("hostname", "sink.test")
-    where: dict[str, Any] = {"sock": sock} if sock else {"host": "127.0.0.1", "port": 0}
-    server = await loop.create_server(lambda: SMTP(sink, **kw), ssl=tls, **where)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.fixture

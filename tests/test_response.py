@@ -280,6 +280,13 @@ def test_reply_falls_back_to_the_envelope_sender() -> None:
     assert answer.recipients == ("env@example.org",)
 
 
+def test_reply_to_an_explicit_address_keeps_the_guards() -> None:
+    answer = reply(request(sender="env@example.org"), text="x", to="env@example.org")
+    assert answer is not None and answer.recipients == ("env@example.org",)
+    assert parse(answer)["In-Reply-To"] == "<orig-2@example.com>"
+    assert reply(request(sender=""), text="x", to="someone@example.org") is None
+
+
 def test_reply_passes_options_through() -> None:
     answer = reply(
         request(),
