@@ -57,7 +57,7 @@ CONFIG = """
 handlers = []
 log_level = "WARNING"
 [defaults]
-host = 'example\\\\.com'
+host = 'example\\.com'
 """
 
 
@@ -74,6 +74,7 @@ class Result:
 
 
 PIN = bool(shutil.which("taskset"))
+PROFILE: list[str] = []  # ["-m", "cProfile", "-o", FILE] to profile mailrouter
 
 
 def pinned(cpu: int) -> list[str]:
@@ -91,7 +92,16 @@ def target(name: str, folder: Path, extra: list[str]) -> Iterator[tuple[int, int
         (project / "config" / "handlers").mkdir(parents=True, exist_ok=True)
         (project / "config" / "mailrouter.toml").write_text(textwrap.dedent(CONFIG))
         (project / "config" / "handlers" / "bench.py").write_text(textwrap.dedent(HANDLER))
-        command = [sys.executable, "-m", "mailrouter", "start", "--foreground", "--port", "0"]
+        command = [
+            sys.executable,
+            *PROFILE,
+            "-m",
+            "mailrouter",
+            "start",
+            "--foreground",
+            "--port",
+            "0",
+        ]
         command += ["--allow-root"] if os.geteuid() == 0 else []
         command += extra
         cwd = project
@@ -108,6 +118,9 @@ def target(name: str, folder: Path, extra: list[str]) -> Iterator[tuple[int, int
     finally:
         process.terminate()
         process.wait(30)
+    queued = folder / "project" / "run" / "undeliverable" / "new"
+    if name != "aiosmtpd sink" and queued.is_dir() and any(queued.iterdir()):
+        raise SystemExit("mailrouter queued the benchmark's mail: its handler did not run")
 
 
 async def connection(port: int, messages: int, data: bytes, latencies: list[float]) -> None:
@@ -174,9 +187,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="mailrouter worker processes")
     parser.add_argument("--state-url", default="", help="mailrouter's state store")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
+    parser.add_argument("--profile", metavar="FILE", help="run mailrouter under cProfile")
     args = parser.parse_args()
     global PIN
     PIN = PIN and not args.no_pin
+    if args.profile:
+        PROFILE[:] = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())]
     if PIN:
         os.sched_setaffinity(0, {1})
     extra = ["--workers", str(args.workers)]

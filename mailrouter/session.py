@@ -13,7 +13,8 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP
+
+from .wire import FastSMTP
 
 if TYPE_CHECKING:
     from .server import Server
@@ -66,7 +67,7 @@ def _say_and_close(transport: asyncio.BaseTransport, status: str) -> None:
         transport.close()
 
 
-class SMTPSession(SMTP):
+class SMTPSession(FastSMTP):
     """aiosmtpd's SMTP session with mailrouter's limits, enhanced codes and graceful closing."""
 
     owner: Server
