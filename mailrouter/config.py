@@ -54,6 +54,9 @@ class Settings:
     lock_scope: Literal["key", "global"] = "key"
     executor_threads: int = 16
     workers: int = 1
+    mode: Literal["direct", "spool"] = "direct"
+    spool: str = "run/spool"
+    spool_concurrency: int = 16
     state_url: str = "shelve://run/state.db"
     undeliverable: str = "run/undeliverable"
     relay_host: str = ""
@@ -69,6 +72,9 @@ class Settings:
     pid_file: str = "run/mailrouter.pid"
     log_file: str = "logs/mailrouter.log"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     user: str = ""
     group: str = ""
     allow_root: bool = False
@@ -118,7 +124,7 @@ def load_settings(
     if file.is_file():
         try:
             with file.open("rb") as stream:
-                values.update(tomllib.load(stream))
+                values.update(_flatten(tomllib.load(stream), file))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{file}: {exc}") from None
     environ = os.environ if environ is None else environ
@@ -129,6 +135,23 @@ def load_settings(
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     values["config_dir"] = str(folder)
     return Settings(**{name: _check(name, value, file) for name, value in values.items()})
+
+
+def _flatten(values: dict[str, Any], file: Path) -> dict[str, Any]:
+    """Settings in a TOML table ``[name]`` as ``name_KEY``: ``[metrics] port`` is ``metrics_port``.
+
+    ``[defaults]`` is a setting of its own and stays a table.
+    """
+    flat = {k: v for k, v in values.items() if k == "defaults" or not isinstance(v, dict)}
+    for table, items in values.items():
+        if table in flat:
+            continue
+        for key, value in items.items():
+            name = f"{table}_{key}"
+            if name in flat:
+                raise ConfigError(f"{file}: setting {name!r} is set twice")
+            flat[name] = value
+    return flat
 
 
 def _from_text(name: str, raw: str) -> Any:
@@ -157,9 +180,10 @@ def _check(name: str, value: Any, file: Path) -> Any:
     kind = _TYPES[name]
     choices = get_args(kind) if get_origin(kind) is Literal else ()
     if choices:
-        if value not in choices and not (isinstance(value, str) and value.upper() in choices):
-            raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}")
-        return value.upper() if name == "log_level" else value
+        for choice in choices:  # case-insensitively, normalised to the choice's spelling
+            if isinstance(value, str) and value.lower() == choice.lower():
+                return choice
+        raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if name == "handlers":

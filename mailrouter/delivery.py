@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import QueueError, QueueFullError, SMTPError, Status
+
+if TYPE_CHECKING:
+    from .routes import Handler
 
 
 @dataclass(frozen=True)
@@ -27,11 +31,22 @@ class DeliveryResult:
     replies: tuple[Reply, ...]
     queue_key: str | None = None
     reasons: Mapping[str, str] = field(default_factory=dict)
+    outcomes: Mapping[str, Outcome] = field(default_factory=dict)  # by normalised recipient
 
     @property
     def queued(self) -> bool:
         """Whether the message was pushed to the undeliverable queue."""
         return self.queue_key is not None
+
+    @property
+    def handlers(self) -> tuple[str, ...]:
+        """The handlers that ran (``module.function``), each once, in the order they ran."""
+        return tuple(dict.fromkeys(h.qualname for o in self.outcomes.values() for h in o.ran))
+
+    @property
+    def handler_errors(self) -> int:
+        """How many handler runs failed (raised, or returned something that is not a state)."""
+        return sum(len(outcome.failures) for outcome in self.outcomes.values())
 
     def first_refusal(self) -> Reply | None:
         """The first non-2xx reply, if any (what a plain SMTP session answers)."""
@@ -47,6 +62,7 @@ class Outcome:
     stateful_done: bool = False
     refusal: SMTPError | None = None
     failures: list[str] = field(default_factory=list)
+    ran: list[Handler] = field(default_factory=list)  # the handlers run, refusing or failing too
 
     @property
     def queue_reason(self) -> str | None:

@@ -197,7 +197,7 @@ class Router:
         replies = tuple(
             reply_for(rcpt, outcome, queue_key, queue_error) for rcpt, outcome in per_recipient
         )
-        return DeliveryResult(replies, queue_key, reasons)
+        return DeliveryResult(replies, queue_key, reasons, outcomes)
 
     async def _route(self, message: MailRequest, address: str) -> Outcome:
         matches = self.match(address)
@@ -240,12 +240,14 @@ class Router:
         try:
             took = await self._attempt(handler, message, found.captures, seen)
         except SMTPError as refusal:
+            outcome.ran.append(handler)
             log.info(
                 "%s refused %r from %r: %s", handler.qualname, address, message.sender, refusal
             )
             outcome.refusal = refusal
             return False
         except _HandlerFailed as failure:
+            outcome.ran.append(handler)
             log.error(
                 "handler %s failed for %r from %r",
                 handler.qualname,
@@ -257,6 +259,7 @@ class Router:
             outcome.stateful_done = outcome.stateful_done or not handler.stateless
             return True
         if took:
+            outcome.ran.append(handler)
             outcome.handled = True
             outcome.stateful_done = outcome.stateful_done or not handler.stateless
         return True

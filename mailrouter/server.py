@@ -9,9 +9,11 @@ import os
 import signal
 import socket
 import ssl
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
@@ -19,12 +21,17 @@ from . import relay as outgoing
 from . import views
 from .config import Settings, handler_modules
 from .delivery import DeliveryResult
-from .errors import MailRouterError, Status
+from .errors import MailRouterError, QueueError, QueueFullError, Status
 from .message import MailRequest
+from .observe import DeliveryRecord, Observer, delivery_log
 from .queue import Queue
 from .routing import Router
 from .session import LMTPSession, SMTPSession
+from .spool import Spool
 from .state import open_store
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,8 @@ class Handler:
         self.settings = settings
         self.router = router
         self.lmtp = settings.protocol == "lmtp"
+        self.observers: list[Observer] = []  # told of each message (metrics, delivery log)
+        self.spool: Spool | None = None  # spool mode: where messages go before the router
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -114,21 +123,36 @@ class Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(server, SMTPSession)
+        started = time.perf_counter()
         message_id = uuid.uuid4().hex[:16]
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         request = MailRequest(
             session.peer, sender, envelope.rcpt_tos, envelope.original_content or b""
         )
+        reply, result = await self._deliver(server, request, message_id)
+        if self.observers:
+            duration = time.perf_counter() - started
+            record = DeliveryRecord.of(message_id, request, reply, result, duration)
+            for observer in self.observers:
+                observer(record)
+        return reply
+
+    async def _deliver(
+        self, server: SMTPSession, request: MailRequest, message_id: str
+    ) -> tuple[str, DeliveryResult | None]:
+        """Check the header, run the router: the reply, and the router's result if it ran."""
         header = _header_section(request.data)
         if len(header) > self.settings.max_header_size:
-            return self._all("552 5.3.4 Message header too large", request)
+            return self._all("552 5.3.4 Message header too large", request), None
         if _hops(header) > self.settings.max_received_headers:
             log.warning("%s: mail loop from %r refused", message_id, request.sender)
-            return self._all("554 5.4.6 Too many hops: mail loop detected", request)
+            return self._all("554 5.4.6 Too many hops: mail loop detected", request), None
         self.in_flight += 1
         self.idle.clear()
         server.delivering = True
         try:
+            if self.spool is not None:
+                return await self._spool(self.spool, request), None
             result = await asyncio.wait_for(
                 self.router.deliver(request), self.settings.handler_timeout or None
             )
@@ -139,21 +163,29 @@ class Handler:
                 request.recipients,
                 self.settings.handler_timeout,
             )
-            return self._all("451 4.3.0 Handler timed out, try again later", request)
+            return self._all("451 4.3.0 Handler timed out, try again later", request), None
         except Exception:
             log.exception("%s: delivery from %r failed", message_id, request.sender)
-            return self._all("451 4.3.0 Temporary failure, try again later", request)
+            return self._all("451 4.3.0 Temporary failure, try again later", request), None
         finally:
             server.delivering = False
             self.in_flight -= 1
             if not self.in_flight:
                 self.idle.set()
-        if log.isEnabledFor(logging.DEBUG):
-            replies = [str(reply) for reply in result.replies]
-            log.debug(
-                "%s: from %r to %r: %s", message_id, request.sender, request.recipients, replies
-            )
-        return self._answer(result, message_id)
+        return self._answer(result, message_id), result
+
+    async def _spool(self, spool: Spool, request: MailRequest) -> str:
+        """Spool mode: store the message for the spool's workers and accept it."""
+        try:
+            key = await spool.accept(request)
+        except QueueFullError:
+            return self._all("452 4.3.1 Insufficient storage, try again later", request)
+        except QueueError as exc:
+            log.error("cannot spool a message from %r: %s", request.sender, exc)
+            return self._all("451 4.3.0 Temporary failure, try again later", request)
+        if self.lmtp:
+            return "\r\n".join(f"250 2.0.0 <{rcpt}> {key}" for rcpt in request.recipients)
+        return f"{Status.OK} 2.0.0 Ok: queued as {key}"
 
     def _answer(self, result: DeliveryResult, message_id: str) -> str:
         """LMTP: one reply per recipient, in RCPT order. SMTP: the first refusal, else 250."""
@@ -188,10 +220,21 @@ class Server:
         self.settings = settings
         self.router = router
         self.handler = Handler(settings, router)
+        if settings.mode == "spool":
+            self.handler.spool = Spool(
+                Queue(settings.path(settings.spool)),
+                router,
+                concurrency=settings.spool_concurrency,
+                handler_timeout=settings.handler_timeout,
+            )
         self.sessions: set[SMTPSession] = set()
         self.draining = False
         self.hostname = settings.hostname or socket.getfqdn()  # once, not per connection
         self.tls_context = _tls_context(settings)
+        self.metrics: Metrics | None = None
+        log_line = delivery_log(settings.log_format)
+        if log_line is not None:
+            self.handler.observers.append(log_line)
         self._server: asyncio.Server | None = None
         self._port: int | None = None
 
@@ -221,8 +264,13 @@ class Server:
         return session
 
     async def start(self) -> None:
-        """Bind the listening socket (TCP, or a Unix socket when ``unix_socket`` is set)."""
+        """Bind the listening socket (TCP, or a Unix socket when ``unix_socket`` is set).
+
+        In spool mode, the spool's workers start first, with what an earlier run left.
+        """
         loop = asyncio.get_running_loop()
+        if self.handler.spool is not None:
+            await self.handler.spool.start()
         try:
             if self.settings.unix_socket:
                 path = self.settings.path(self.settings.unix_socket)
@@ -238,9 +286,32 @@ class Server:
                 )
                 self._port = int(self._server.sockets[0].getsockname()[1])
         except OSError as exc:
+            if self.handler.spool is not None:
+                await self.handler.spool.stop(0)
             raise MailRouterError(
                 f"cannot listen on {self.settings.address}: {exc.strerror}"
             ) from exc
+        if self.settings.metrics_port:
+            try:
+                self.serve_metrics(self.settings.metrics_port)
+            except MailRouterError:
+                await self.stop(timeout=0)
+                raise
+
+    def serve_metrics(self, port: int) -> Metrics:
+        """Serve Prometheus metrics on ``metrics_host:port`` (0: a free port) until ``stop``."""
+        try:
+            from .metrics import Metrics
+        except ImportError as exc:
+            raise MailRouterError(
+                "metrics need prometheus-client: pip install 'mailrouter[metrics]'"
+            ) from exc
+        outbox = Queue(self.settings.path(self.settings.outbox))
+        metrics = Metrics(self.sessions, self.router.undeliverable, outbox)
+        metrics.start(self.settings.metrics_host, port)
+        self.metrics = metrics
+        self.handler.observers.append(metrics.observe)
+        return metrics
 
     @property
     def port(self) -> int:
@@ -277,6 +348,10 @@ class Server:
                 session.transport.close()
         await self._server.wait_closed()
         self._server = None
+        if self.handler.spool is not None:
+            await self.handler.spool.stop(timeout)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:

@@ -31,6 +31,10 @@ def check_workers(settings: Settings) -> None:
     """Refuse settings that several worker processes cannot share."""
     if settings.unix_socket:
         raise MailRouterError("workers > 1 needs a TCP address, not unix_socket")
+    if settings.metrics_port:
+        raise MailRouterError(
+            "metrics_port needs workers = 1: each worker process would count only its share"
+        )
     store = open_store(settings.state_store_url(), readonly=True)
     try:
         shared = bool(getattr(store, "cross_process", False))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import json
 import os
 import pwd
 import re
@@ -133,6 +134,19 @@ def test_start_status_send_stop(project: Project) -> None:
     assert (status.returncode, status.stdout) == (1, "mailrouter is not running\n")
     again = project.run("stop")
     assert (again.returncode, again.stderr) == (1, "Error: mailrouter is not running\n")
+
+
+def test_json_logs_in_the_log_file(project: Project) -> None:
+    port, _ = project.start("--log-format", "json")
+    assert smtp_send(port, "hello@localhost") == {}
+    assert project.run("stop").returncode == 0
+    lines = (project.folder / "logs" / "mailrouter.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records[0]["message"].startswith("mailrouter ready on 127.0.0.1:")
+    (delivery,) = [r for r in records if r["logger"] == "mailrouter.delivery"]
+    assert delivery["level"] == "INFO" and delivery["outcome"] == "accepted"
+    assert delivery["recipients"] == ["hello@localhost"]
+    assert delivery["handlers"] == ["handlers.hello.START"]
 
 
 def test_a_second_start_is_refused(project: Project) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import logging
 import logging.handlers
 import sys
@@ -46,6 +48,9 @@ SETTING_HELP = {
     "pid_file": "Pid file of the running server.",
     "log_file": "Log file of the server when it runs in the background.",
     "log_level": "Least important log messages written.",
+    "log_format": "Log lines as 'text', or 'json': one object per line, one line per message.",
+    "metrics_port": "Serve Prometheus metrics on this port (0: off; needs mailrouter[metrics]).",
+    "metrics_host": "Address the metrics endpoint listens on.",
     "user": "When started as root: the user to switch to after binding.",
     "group": "When started as root: the group to switch to after binding.",
     "allow_root": "Allow the server to keep running as root (not recommended).",
@@ -125,6 +130,27 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, extra fields, any traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update((k, v) for k, v in record.__dict__.items() if k not in _RECORD_ATTRIBUTES)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+# What every LogRecord has: anything else on a record came in ``extra``.
+_RECORD_ATTRIBUTES = {*logging.makeLogRecord({}).__dict__, "message", "asctime", "taskName"}
+
+
 def configure_logging(settings: Settings, *, to_file: bool) -> None:
     """Log to stderr (foreground) or the log file (background), at the configured level."""
     handler: logging.Handler
@@ -134,7 +160,8 @@ def configure_logging(settings: Settings, *, to_file: bool) -> None:
         handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+    json_lines = settings.log_format == "json"
+    handler.setFormatter(JsonFormatter() if json_lines else OneLineFormatter(LOG_FORMAT))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     # aiosmtpd logs every session and command at INFO: keep that for DEBUG.
     quiet = settings.log_level != "DEBUG"

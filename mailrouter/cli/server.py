@@ -33,7 +33,7 @@ def setting_options(func: F) -> F:
             flag = f"{flag}/--no-{flag[2:]}"
         elif name == "handlers":
             extra = {"multiple": True, "metavar": "MODULE"}
-        elif name == "port":
+        elif name in ("port", "metrics_port"):
             extra = {"type": click.IntRange(0, 65535)}
         elif get_args(kind):
             extra = {"type": click.Choice(get_args(kind), case_sensitive=False)}
