@@ -54,6 +54,9 @@ class Settings:
     lock_scope: Literal["key", "global"] = "key"
     executor_threads: int = 16
     workers: int = 1
+    mode: Literal["direct", "spool"] = "direct"
+    spool: str = "run/spool"
+    spool_concurrency: int = 16
     state_url: str = "shelve://run/state.db"
     undeliverable: str = "run/undeliverable"
     relay_host: str = ""

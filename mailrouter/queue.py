@@ -270,23 +270,42 @@ class Queue:
         An entry that cannot be parsed stays claimed in ``cur/`` and QueueError is raised.
         """
         for key in self.keys():
-            claimed = os.path.join(self._cur, key)
             try:
-                os.rename(os.path.join(self._new, key), claimed)
-            except FileNotFoundError:
-                continue  # another consumer claimed it first
-            except OSError as exc:
-                raise QueueError(f"cannot claim {key} in queue {self.path}: {exc}") from exc
-            try:
-                entry = self._load(self._cur, key)
+                entry = self.claim(key)
             except KeyError:
-                continue  # taken back by a concurrent recover()
-            try:
-                os.unlink(claimed)
-            except OSError as exc:
-                raise QueueError(f"cannot remove {key} from queue {self.path}: {exc}") from exc
+                continue  # another consumer claimed it first
+            self.finish(key)
             return key, entry.message
         return None, None
+
+    def claim(self, key: str) -> QueueEntry:
+        """Take the waiting entry ``key`` for processing: ``finish`` or ``release`` it after.
+
+        KeyError if it is not waiting. An entry that cannot be parsed stays claimed and
+        QueueError is raised; a crash leaves claims for ``recover()``.
+        """
+        claimed = os.path.join(self._cur, _check_key(key))
+        try:
+            os.rename(os.path.join(self._new, key), claimed)
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        except OSError as exc:
+            raise QueueError(f"cannot claim {key} in queue {self.path}: {exc}") from exc
+        return self._load(self._cur, key)
+
+    def finish(self, key: str) -> None:
+        """Delete the claimed entry ``key``: it has been processed."""
+        try:
+            os.unlink(os.path.join(self._cur, _check_key(key)))
+        except OSError as exc:
+            raise QueueError(f"cannot remove {key} from queue {self.path}: {exc}") from exc
+
+    def release(self, key: str) -> None:
+        """Put the claimed entry ``key`` back to wait (processing it failed for now)."""
+        try:
+            os.rename(os.path.join(self._cur, _check_key(key)), os.path.join(self._new, key))
+        except OSError as exc:
+            raise QueueError(f"cannot release {key} in queue {self.path}: {exc}") from exc
 
     def remove(self, key: str) -> None:
         """Delete the entry ``key``; KeyError if it is not waiting in the queue."""

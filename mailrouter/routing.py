@@ -163,11 +163,12 @@ class Router:
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def deliver(self, message: MailRequest) -> DeliveryResult:
+    async def deliver(self, message: MailRequest, *, keep_refused: bool = False) -> DeliveryResult:
         """Route ``message`` to every envelope recipient's handlers; queue what none handled.
 
         Handler errors never escape: they become replies and queue entries. Errors of the state
         store or the event loop do escape, and the caller answers with a temporary failure.
+        ``keep_refused`` queues the recipients a handler refused too (when no client can be told).
         """
         outcomes: dict[str, Outcome] = {}  # by normalised address: duplicates route once
         per_recipient: list[tuple[str, Outcome]] = []
@@ -179,7 +180,7 @@ class Router:
         reasons = {
             rcpt: reason
             for rcpt, outcome in per_recipient
-            if (reason := outcome.queue_reason) is not None
+            if (reason := outcome.queue_reason or _refused(outcome, keep_refused)) is not None
         }
         queue_key, queue_error = None, None
         if reasons and self.undeliverable is not None:
@@ -363,6 +364,11 @@ def _import(name: str) -> ModuleType:
         return importlib.import_module(name)
     except Exception as exc:
         raise LoadError(f"cannot import handler module {name!r}: {_describe(exc)}") from exc
+
+
+def _refused(outcome: Outcome, keep_refused: bool) -> str | None:
+    """The queue reason for a refused recipient that nobody can be told about, if kept."""
+    return f"refused: {outcome.refusal}" if keep_refused and outcome.refusal else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -21,12 +21,13 @@ from . import relay as outgoing
 from . import views
 from .config import Settings, handler_modules
 from .delivery import DeliveryResult
-from .errors import MailRouterError, Status
+from .errors import MailRouterError, QueueError, QueueFullError, Status
 from .message import MailRequest
 from .observe import DeliveryRecord, Observer, delivery_log
 from .queue import Queue
 from .routing import Router
 from .session import LMTPSession, SMTPSession
+from .spool import Spool
 from .state import open_store
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class Handler:
         self.router = router
         self.lmtp = settings.protocol == "lmtp"
         self.observers: list[Observer] = []  # told of each message (metrics, delivery log)
+        self.spool: Spool | None = None  # spool mode: where messages go before the router
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -149,6 +151,8 @@ class Handler:
         self.idle.clear()
         server.delivering = True
         try:
+            if self.spool is not None:
+                return await self._spool(self.spool, request), None
             result = await asyncio.wait_for(
                 self.router.deliver(request), self.settings.handler_timeout or None
             )
@@ -169,6 +173,19 @@ class Handler:
             if not self.in_flight:
                 self.idle.set()
         return self._answer(result, message_id), result
+
+    async def _spool(self, spool: Spool, request: MailRequest) -> str:
+        """Spool mode: store the message for the spool's workers and accept it."""
+        try:
+            key = await spool.accept(request)
+        except QueueFullError:
+            return self._all("452 4.3.1 Insufficient storage, try again later", request)
+        except QueueError as exc:
+            log.error("cannot spool a message from %r: %s", request.sender, exc)
+            return self._all("451 4.3.0 Temporary failure, try again later", request)
+        if self.lmtp:
+            return "\r\n".join(f"250 2.0.0 <{rcpt}> {key}" for rcpt in request.recipients)
+        return f"{Status.OK} 2.0.0 Ok: queued as {key}"
 
     def _answer(self, result: DeliveryResult, message_id: str) -> str:
         """LMTP: one reply per recipient, in RCPT order. SMTP: the first refusal, else 250."""
@@ -203,6 +220,13 @@ class Server:
         self.settings = settings
         self.router = router
         self.handler = Handler(settings, router)
+        if settings.mode == "spool":
+            self.handler.spool = Spool(
+                Queue(settings.path(settings.spool)),
+                router,
+                concurrency=settings.spool_concurrency,
+                handler_timeout=settings.handler_timeout,
+            )
         self.sessions: set[SMTPSession] = set()
         self.draining = False
         self.hostname = settings.hostname or socket.getfqdn()  # once, not per connection
@@ -240,8 +264,13 @@ class Server:
         return session
 
     async def start(self) -> None:
-        """Bind the listening socket (TCP, or a Unix socket when ``unix_socket`` is set)."""
+        """Bind the listening socket (TCP, or a Unix socket when ``unix_socket`` is set).
+
+        In spool mode, the spool's workers start first, with what an earlier run left.
+        """
         loop = asyncio.get_running_loop()
+        if self.handler.spool is not None:
+            await self.handler.spool.start()
         try:
             if self.settings.unix_socket:
                 path = self.settings.path(self.settings.unix_socket)
@@ -257,6 +286,8 @@ class Server:
                 )
                 self._port = int(self._server.sockets[0].getsockname()[1])
         except OSError as exc:
+            if self.handler.spool is not None:
+                await self.handler.spool.stop(0)
             raise MailRouterError(
                 f"cannot listen on {self.settings.address}: {exc.strerror}"
             ) from exc
@@ -317,6 +348,8 @@ class Server:
                 session.transport.close()
         await self._server.wait_closed()
         self._server = None
+        if self.handler.spool is not None:
+            await self.handler.spool.stop(timeout)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
 

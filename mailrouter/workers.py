@@ -97,7 +97,9 @@ def _spawn(settings: Settings, number: int, ready_write: int) -> int:
         def ready(_: str) -> None:
             os.write(ready_write, b"r")
 
-        asyncio.run(serve(settings, on_ready=ready))
+        # each worker recovers its own spool at start: a shared one would steal live claims
+        own = dataclasses.replace(settings, spool=f"{settings.spool}/worker-{number}")
+        asyncio.run(serve(own, on_ready=ready))
         status = 0
     except BaseException:
         log.exception("worker %d failed", number)

@@ -156,3 +156,20 @@ def test_workers_refuse_a_store_that_is_not_shared(tmp_path: Path) -> None:
     result = project.run("start", "--port", "0", "--workers", "2")
     assert result.returncode != 0
     assert "safe across processes" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_workers_in_spool_mode_each_keep_their_own_spool(tmp_path: Path) -> None:
+    pids = tmp_path / "pids.txt"
+    pids.touch()
+    project = make_project(tmp_path / "proj", f"sqlite:///{tmp_path}/state.db", pids)
+    port, _ = project.start("--workers", "2", "--mode", "spool")
+    try:
+        for i in range(40):
+            send(port, f"s{i}@x.org")
+        wait_for(lambda: len(pids.read_text().split()) == 40)  # every message routed
+        assert len(set(pids.read_text().split())) == 2
+        spools = sorted(p.name for p in (project.folder / "run" / "spool").iterdir())
+        assert spools == ["worker-0", "worker-1"]
+        assert project.run("stop").returncode == 0
+    finally:
+        project.kill_all()

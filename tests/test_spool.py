@@ -1,0 +1,198 @@
+"""Spool mode: DATA is fsync'd into the spool and answered at once; workers route it later."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import smtplib
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import lmtp_send, mail, running
+
+from mailrouter.queue import Queue
+
+HANDLERS = """
+import threading
+from mailrouter import route, stateless, SMTPError
+
+seen = []
+gate = threading.Event()
+gate.set()
+failures = []
+
+@route("rec@(host)")
+def START(message, host=None):
+    gate.wait(30)
+    seen.append(message["Subject"])
+
+@route("refuse@(host)")
+@stateless
+def refuse(message, host=None):
+    raise SMTPError(550, "not wanted here")
+
+@route("hang@(host)")
+@stateless
+def hang(message, host=None):
+    gate.wait(30)
+"""
+
+
+@pytest.fixture
+def app(make_module: Callable[..., str]) -> str:
+    return make_module(HANDLERS)
+
+
+def handlers(app: str) -> Any:
+    """The loaded handler module (its ``seen`` list and ``gate``)."""
+    return importlib.import_module(app)
+
+
+async def send(port: int, to: list[str], subject: str, body: str = "body\r\n") -> tuple[int, bytes]:
+    def go() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo()
+            client.mail("alice@example.org")
+            for rcpt in to:
+                client.rcpt(rcpt)
+            return client.data(f"Subject: {subject}\r\n\r\n{body}".encode())
+
+    return await asyncio.to_thread(go)
+
+
+async def until(condition: Callable[[], bool], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
+async def test_mail_is_accepted_before_its_handler_runs(tmp_path: Path, app: str) -> None:
+    module = handlers(app)
+    module.gate.clear()
+    async with running(tmp_path, app, mode="spool") as server:
+        code, text = await send(server.port, ["rec@example.com"], "one")
+        assert code == 250
+        assert b"queued as" in text
+        assert module.seen == []  # the handler is still held
+        module.gate.set()
+        await until(lambda: module.seen == ["one"])
+        spool = tmp_path / "run" / "spool"
+        await until(lambda: not [*(spool / "new").iterdir(), *(spool / "cur").iterdir()])
+
+
+async def test_what_a_crash_left_in_the_spool_is_delivered_at_start(
+    tmp_path: Path, app: str
+) -> None:
+    spool = Queue(tmp_path / "run" / "spool")
+    spool.push(mail(recipients=["rec@example.com"], subject="waiting"))
+    claimed = spool.push(mail(recipients=["rec@example.com"], subject="being routed"))
+    spool.claim(claimed)  # the crash came while this one was being routed
+    module = handlers(app)
+    async with running(tmp_path, app, mode="spool"):
+        await until(lambda: sorted(module.seen) == ["being routed", "waiting"])
+    assert spool.keys() == []
+
+
+async def test_a_refusal_nobody_can_hear_goes_to_the_undeliverable_queue(
+    tmp_path: Path, app: str
+) -> None:
+    async with running(tmp_path, app, mode="spool") as server:
+        code, _ = await send(server.port, ["refuse@example.com", "rec@example.com"], "mixed")
+        assert code == 250
+        queue = Queue(tmp_path / "run" / "undeliverable")
+        await until(lambda: len(queue.keys()) == 1)
+    entry = queue.read(queue.keys()[0])
+    assert entry.reasons == {"refuse@example.com": "refused: 550 5.0.0 not wanted here"}
+    assert handlers(app).seen == ["mixed"]
+
+
+async def test_handlers_that_time_out_park_the_message(tmp_path: Path, app: str) -> None:
+    module = handlers(app)
+    module.gate.clear()
+    async with running(tmp_path, app, mode="spool", handler_timeout=0.2) as server:
+        try:
+            code, _ = await send(server.port, ["hang@example.com"], "slow")
+            assert code == 250
+            queue = Queue(tmp_path / "run" / "undeliverable")
+            await until(lambda: len(queue.keys()) == 1)
+            entry = queue.read(queue.keys()[0])
+            assert entry.reasons == {"hang@example.com": "handlers timed out"}
+        finally:
+            module.gate.set()  # let the hung handler's thread end
+
+
+async def test_a_failing_state_store_means_a_retry_not_a_loss(
+    tmp_path: Path, app: str, make_module: Callable[..., str]
+) -> None:
+    flaky = make_module(
+        """
+        from mailrouter.state import MemoryStorage
+
+        class Flaky(MemoryStorage):
+            failures = 2
+
+            def get(self, key, sender):
+                if Flaky.failures:
+                    Flaky.failures -= 1
+                    raise ConnectionError("the store is down")
+                return super().get(key, sender)
+        """
+    )
+    async with running(tmp_path, app, mode="spool", state_url=f"{flaky}:Flaky") as server:
+        code, _ = await send(server.port, ["rec@example.com"], "eventually")
+        assert code == 250
+        await until(lambda: handlers(app).seen == ["eventually"])
+    assert Queue(tmp_path / "run" / "undeliverable").keys() == []
+
+
+async def test_lmtp_in_spool_mode_answers_each_recipient(tmp_path: Path, app: str) -> None:
+    async with running(tmp_path, app, mode="spool", protocol="lmtp") as server:
+        replies = await asyncio.to_thread(
+            lmtp_send,
+            server.port,
+            "alice@example.org",
+            ["rec@example.com", "refuse@example.com"],
+            b"Subject: lmtp\r\n\r\nx\r\n",
+        )
+        assert [code for code, _ in replies] == [250, 250]
+        await until(lambda: handlers(app).seen == ["lmtp"])
+
+
+async def test_an_unwritable_spool_gets_a_temporary_failure(tmp_path: Path, app: str) -> None:
+    async with running(tmp_path, app, mode="spool") as server:
+        spool_tmp = tmp_path / "run" / "spool" / "tmp"
+        spool_tmp.rmdir()
+        spool_tmp.write_text("not a directory")
+        code, text = await send(server.port, ["rec@example.com"], "nowhere")
+        assert (code, text[:5]) == (451, b"4.3.0")
+        spool_tmp.unlink()
+        spool_tmp.mkdir()  # repaired: served again without a restart
+        assert (await send(server.port, ["rec@example.com"], "again"))[0] == 250
+        await until(lambda: handlers(app).seen == ["again"])
+
+
+async def test_a_full_spool_disk_is_452(tmp_path: Path, app: str) -> None:
+    spool_dir = tmp_path / "run" / "spool"
+    spool_dir.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(spool_dir)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a small tmpfs: {mounted.stderr.decode()}")
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        async with running(tmp_path, app, mode="spool") as server:
+            big = ("x" * 76 + "\r\n") * 2000  # ~156 KB, more than the 64 KB disk
+            code, text = await send(server.port, ["rec@example.com"], "big", big)
+            assert (code, text[:5]) == (452, b"4.3.1")
+            assert list((spool_dir / "new").iterdir()) == []
+            assert list((spool_dir / "tmp").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(spool_dir)], check=True)
