@@ -1,11 +1,30 @@
-"""SMTP load benchmark: mailrouter against a bare aiosmtpd sink, side by side.
+"""SMTP load benchmark: mailrouter against a bare aiosmtpd sink (and Salmon, Haraka), side by side.
 
 Starts each server as its own process (pinned to CPU 0 when ``taskset`` exists), drives it from
 this process (pinned to CPU 1) with C concurrent connections each sending M messages of S bytes
-(EHLO first, as every MTA does), alternates the targets round by round, and prints msg/s,
-p50/p99 latency, server CPU per message and the ratio. Loopback only; stops by itself.
+(EHLO first, as every MTA does; connection c sends message i from sender (c + i) % 16),
+alternates the targets round by round, and prints msg/s, p50/p99 latency, server CPU per message
+and the ratio to the sink. Loopback only; stops by itself. The servers are in ``targets.py``.
 
     python benchmarks/smtp_bench.py [--connections 16] [--per-connection 10] [--size 2048]
+
+Scenarios (``--scenario``):
+
+- ``throughput`` (default): every target with a handler that does nothing.
+- ``slow``: a stateful mailrouter handler that blocks 10 ms, run with ``lock_scope = "key"``,
+  ``lock_scope = "global"`` and ``mode = "spool"``; accepted/s, and routed/s until the spool
+  is drained. Goal: key / global >= 10.
+- ``memory``: 32 connections each send one 10 MiB message; the server's peak RSS (VmHWM).
+  Goal: peak <= 3 x the bytes in flight + 60 MiB.
+- ``startup``: ``mailrouter start`` on a copy of the repo's config/ and handlers_example/, to
+  its ready line, 5 times. Goal: < 1 s.
+
+Optional competitors for ``throughput``, installed outside the repo and its venv (Haraka 3.3
+needs Node.js >= 20; its plugin answers rDNS locally, so no DNS query leaves the machine):
+
+    python3 -m venv /tmp/salmon-venv && /tmp/salmon-venv/bin/pip install salmon-mail==3.3
+    mkdir -p /tmp/haraka-bench && cd /tmp/haraka-bench && npm install Haraka
+    python benchmarks/smtp_bench.py --salmon /tmp/salmon-venv/bin/python --haraka /tmp/haraka-bench
 """
 
 from __future__ import annotations
@@ -13,117 +32,52 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import targets
+from targets import Server, Spec
+
 HOST = "127.0.0.1"  # the only target this tool ever connects to
-
-SINK = """
-import asyncio, sys
-from aiosmtpd.smtp import SMTP
-
-class Sink:
-    async def handle_DATA(self, server, session, envelope):
-        return "250 OK"
-
-async def main():
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(Sink(), hostname="sink"), "127.0.0.1", 0)
-    print("ready", server.sockets[0].getsockname()[1], flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
-
-HANDLER = """
-from mailrouter import route
-
-@route("bench@(host)")
-def START(message, host=None):
-    return None
-"""
-
-CONFIG = """
-handlers = []
-log_level = "WARNING"
-[defaults]
-host = 'example\\.com'
-"""
+REPO = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
 
 
 @dataclass
 class Result:
     messages: int
-    seconds: float
+    seconds: float  # until the last reply
     latencies: list[float]
     cpu_seconds: float
+    routed_seconds: float  # until the server finished the work behind its replies
 
     @property
     def rate(self) -> float:
         return self.messages / self.seconds
 
+    @property
+    def routed_rate(self) -> float:
+        return self.messages / self.routed_seconds
 
-PIN = bool(shutil.which("taskset"))
-PROFILE: list[str] = []  # ["-m", "cProfile", "-o", FILE] to profile mailrouter
+    def percentile(self, fraction: float) -> float:
+        """A latency percentile in milliseconds."""
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] * 1e3
 
-
-def pinned(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if PIN else []
-
-
-@contextmanager
-def target(name: str, folder: Path, extra: list[str]) -> Iterator[tuple[int, int]]:
-    """Start a server process; yield (port, pid)."""
-    if name == "aiosmtpd sink":
-        command = [sys.executable, "-c", SINK]
-        cwd = folder
-    else:
-        project = folder / "project"
-        (project / "config" / "handlers").mkdir(parents=True, exist_ok=True)
-        (project / "config" / "mailrouter.toml").write_text(textwrap.dedent(CONFIG))
-        (project / "config" / "handlers" / "bench.py").write_text(textwrap.dedent(HANDLER))
-        command = [
-            sys.executable,
-            *PROFILE,
-            "-m",
-            "mailrouter",
-            "start",
-            "--foreground",
-            "--port",
-            "0",
-        ]
-        command += ["--allow-root"] if os.geteuid() == 0 else []
-        command += extra
-        cwd = project
-    process = subprocess.Popen(
-        pinned(0) + command, cwd=cwd, stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"(?:ready |127\.0\.0\.1:)(\d+)", line)
-        if not match:
-            raise SystemExit(f"{name} did not start: {line!r}")
-        yield int(match.group(1)), process.pid
-    finally:
-        process.terminate()
-        process.wait(30)
-    queued = folder / "project" / "run" / "undeliverable" / "new"
-    if name != "aiosmtpd sink" and queued.is_dir() and any(queued.iterdir()):
-        raise SystemExit("mailrouter queued the benchmark's mail: its handler did not run")
+    @property
+    def cpu_per_message(self) -> float:
+        """Server CPU microseconds per message."""
+        return self.cpu_seconds / self.messages * 1e6
 
 
-async def connection(port: int, messages: int, data: bytes, latencies: list[float]) -> None:
+async def connection(
+    port: int, index: int, messages: int, data: bytes, latencies: list[float]
+) -> None:
     reader, writer = await asyncio.open_connection(HOST, port)
 
     async def reply() -> bytes:
@@ -139,7 +93,7 @@ async def connection(port: int, messages: int, data: bytes, latencies: list[floa
     await reply()
     for i in range(messages):
         start = time.perf_counter()
-        writer.write(b"MAIL FROM:<sender%d@x.org>\r\n" % (i % 16))
+        writer.write(b"MAIL FROM:<sender%d@x.org>\r\n" % ((index + i) % 16))
         await reply()
         writer.write(b"RCPT TO:<bench@example.com>\r\n")
         await reply()
@@ -160,14 +114,33 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-async def load(port: int, pid: int, connections: int, per: int, total: int, data: bytes) -> Result:
+async def send(port: int, connections: int, per: int, total: int, data: bytes) -> list[float]:
+    """Send ``total`` messages in batches of ``connections`` concurrent sessions; latencies."""
     latencies: list[float] = []
-    cpu = cpu_seconds(pid)
-    start = time.perf_counter()
     for _ in range(total // (connections * per)):
-        await asyncio.gather(*(connection(port, per, data, latencies) for _ in range(connections)))
+        await asyncio.gather(
+            *(connection(port, c, per, data, latencies) for c in range(connections))
+        )
+    return latencies
+
+
+def load(
+    server: Server,
+    connections: int,
+    per: int,
+    total: int,
+    data: bytes,
+    settle: Callable[[], None] = lambda: None,
+) -> Result:
+    """Drive ``server``, then wait for ``settle`` (the work still under way) to return."""
+    cpu = cpu_seconds(server.pid)
+    start = time.perf_counter()
+    latencies = asyncio.run(send(server.port, connections, per, total, data))
     seconds = time.perf_counter() - start
-    return Result(len(latencies), seconds, latencies, cpu_seconds(pid) - cpu)
+    settle()
+    routed = time.perf_counter() - start
+    server.sent += len(latencies)
+    return Result(len(latencies), seconds, latencies, cpu_seconds(server.pid) - cpu, routed)
 
 
 def message(size: int) -> bytes:
@@ -177,57 +150,164 @@ def message(size: int) -> bytes:
     return head + body + b".\r\n"
 
 
-def main() -> None:
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def run_rounds(
+    specs: list[Spec],
+    args: argparse.Namespace,
+    data: bytes,
+    settle: dict[str, Callable[[], None]] | None = None,
+) -> dict[str, Result]:
+    """Each target once per round, alternating; the best round of each."""
+    results: dict[str, list[Result]] = {spec.name: [] for spec in specs}
+    for _ in range(args.rounds):
+        for spec in specs:
+            done = (settle or {}).get(spec.name, lambda: None)
+            with targets.running(spec) as server:
+                load(server, 4, 5, 40, data, done)  # warm up
+                result = load(
+                    server, args.connections, args.per_connection, args.messages, data, done
+                )
+                results[spec.name].append(result)
+    return {name: max(runs, key=lambda r: r.rate) for name, runs in results.items()}
+
+
+def throughput(args: argparse.Namespace, folder: Path) -> None:
+    """The sink, mailrouter and the optional competitors with do-nothing handlers."""
+    specs = [targets.sink(folder), targets.mailrouter(folder)]
+    if args.salmon:
+        specs.append(targets.salmon(folder, args.salmon))
+    if args.haraka:
+        specs.append(targets.haraka(folder, Path(args.haraka)))
+    data = message(args.size)
+    best = run_rounds(specs, args, data)
+    print(f"{args.connections} connections x {args.per_connection} msgs, {len(data)} bytes")
+    header = ("server", "msg/s", "p50 ms", "p99 ms", "CPU us/msg", "x sink")
+    print("{:16} {:>8} {:>8} {:>8} {:>11} {:>7}".format(*header))
+    sink = best["aiosmtpd sink"].rate
+    for name, r in best.items():
+        print(
+            f"{name:16} {r.rate:8,.0f} {r.percentile(0.5):8.2f} {r.percentile(0.99):8.2f} "
+            f"{r.cpu_per_message:11.0f} {r.rate / sink:7.2f}"
+        )
+
+
+def spool_drained(project: Path) -> Callable[[], None]:
+    """A wait until mailrouter's spool (new/ and cur/, every worker's) is empty."""
+
+    def wait() -> None:
+        deadline = time.monotonic() + 300
+        spool = project / "run" / "spool"
+        while any(spool.glob("**/new/*")) or any(spool.glob("**/cur/*")):
+            if time.monotonic() > deadline:
+                raise SystemExit("the spool was not drained within 300 s")
+            time.sleep(0.005)
+
+    return wait
+
+
+def slow(args: argparse.Namespace, folder: Path) -> None:
+    """A 10 ms blocking stateful handler: per-key locks against one global lock, and spool."""
+    handler = targets.SLOW_HANDLER
+    specs = [
+        targets.mailrouter(folder, "lock_scope=key", handler, lock_scope="key"),
+        targets.mailrouter(folder, "lock_scope=global", handler, lock_scope="global"),
+        targets.mailrouter(folder, "mode=spool", handler, mode="spool"),
+    ]
+    spool = specs[-1]
+    best = run_rounds(specs, args, message(args.size), {spool.name: spool_drained(spool.cwd)})
+    print(f"handler: 10 ms blocking, stateful; 16 senders; {args.connections} connections")
+    print(f"{'mailrouter':18} {'accepted/s':>10} {'routed/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, r in best.items():
+        print(
+            f"{name:18} {r.rate:10,.0f} {r.routed_rate:9,.0f} "
+            f"{r.percentile(0.5):8.2f} {r.percentile(0.99):8.2f}"
+        )
+    ratio = best["lock_scope=key"].rate / best["lock_scope=global"].rate
+    print(f"ratio key / global: {ratio:.1f} (goal >= 10: {verdict(ratio >= 10)})")
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = (line.split() for line in lines if line.startswith(("VmRSS:", "VmHWM:")))
+    return {parts[0].rstrip(":"): int(parts[1]) for parts in fields}
+
+
+def memory(args: argparse.Namespace, folder: Path) -> None:
+    """32 concurrent 10 MiB messages: the server's baseline and peak RSS, against the bound."""
+    connections, size = 32, 10 * MIB
+    data = message(size)
+    in_flight = connections * len(data) / MIB
+    bound = 3 * in_flight + 60
+    print(f"{connections} connections x 1 message of {len(data) / MIB:.1f} MiB")
+    print(f"{'server':16} {'baseline MiB':>12} {'peak MiB':>9} {'seconds':>8}")
+    for spec in (targets.sink(folder), targets.mailrouter(folder)):
+        peaks, baselines, seconds = [], [], []
+        for _ in range(args.rounds):
+            with targets.running(spec) as server:
+                baselines.append(memory_kib(server.pid)["VmRSS"] / 1024)
+                seconds.append(load(server, connections, 1, connections, data).seconds)
+                peaks.append(memory_kib(server.pid)["VmHWM"] / 1024)
+        print(f"{spec.name:16} {min(baselines):12.0f} {max(peaks):9.0f} {min(seconds):8.2f}")
+    met = verdict(max(peaks) <= bound)  # the last spec's: mailrouter's
+    print(f"in flight {in_flight:.0f} MiB; mailrouter's goal: peak <= {bound:.0f} MiB ({met})")
+
+
+def startup(args: argparse.Namespace, folder: Path) -> None:
+    """Time from launching ``mailrouter start`` on the repo's example config to its ready line."""
+    project = folder / "startup"
+    junk = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "config", project / "config", ignore=junk)
+    shutil.copytree(REPO / "handlers_example", project / "handlers_example", ignore=junk)
+    spec = Spec("mailrouter", targets.mailrouter_command(), project)
+    times = []
+    for _ in range(5):
+        with targets.running(spec) as server:
+            times.append(server.ready_at - server.started)
+    best, median = min(times), statistics.median(times)
+    print(f"mailrouter start (repo config/, handlers_example): {len(times)} runs")
+    print(f"min {best:.3f} s, median {median:.3f} s (goal < 1 s: {verdict(median < 1)})")
+
+
+SCENARIOS = {"throughput": throughput, "slow": slow, "memory": memory, "startup": startup}
+DEFAULT_MESSAGES = {"throughput": 4800, "slow": 800}
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=SCENARIOS, default="throughput")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--per-connection", type=int, default=10)
     parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--messages", type=int, default=4800, help="per target and round")
+    parser.add_argument("--messages", type=int, help="per target and round (4800; slow: 800)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="mailrouter worker processes")
     parser.add_argument("--state-url", default="", help="mailrouter's state store")
+    parser.add_argument("--salmon", metavar="PYTHON", help="a python with salmon-mail installed")
+    parser.add_argument("--haraka", metavar="DIR", help="a folder with node_modules/Haraka")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
     parser.add_argument("--profile", metavar="FILE", help="run mailrouter under cProfile")
     args = parser.parse_args()
-    global PIN
-    PIN = PIN and not args.no_pin
+    if args.messages is None:
+        args.messages = DEFAULT_MESSAGES.get(args.scenario, 0)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    options = targets.OPTIONS
+    options.pin = options.pin and not args.no_pin
     if args.profile:
-        PROFILE[:] = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())]
-    if PIN:
+        options.profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())]
+    options.extra = ["--workers", str(args.workers)]
+    options.extra += ["--state-url", args.state_url] if args.state_url else []
+    if options.pin:
         os.sched_setaffinity(0, {1})
-    extra = ["--workers", str(args.workers)]
-    extra += ["--state-url", args.state_url] if args.state_url else []
-    data = message(args.size)
-    names = ["aiosmtpd sink", "mailrouter"]
-    results: dict[str, list[Result]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as folder:
-        for _ in range(args.rounds):
-            for name in names:
-                with target(name, Path(folder), extra) as (port, pid):
-                    asyncio.run(load(port, pid, 4, 5, 40, data))  # warm up
-                    results[name].append(
-                        asyncio.run(
-                            load(
-                                port,
-                                pid,
-                                args.connections,
-                                args.per_connection,
-                                args.messages,
-                                data,
-                            )
-                        )
-                    )
-    print(f"{args.connections} connections x {args.per_connection} msgs, {len(data)} bytes")
-    print(f"{'server':16} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/msg':>11}")
-    best = {}
-    for name in names:
-        result = max(results[name], key=lambda r: r.rate)
-        best[name] = result.rate
-        lat = sorted(result.latencies)
-        p50, p99 = statistics.median(lat) * 1e3, lat[int(len(lat) * 0.99)] * 1e3
-        cpu = result.cpu_seconds / result.messages * 1e6
-        print(f"{name:16} {result.rate:8,.0f} {p50:8.2f} {p99:8.2f} {cpu:11.0f}")
-    print(f"ratio mailrouter / sink: {best['mailrouter'] / best['aiosmtpd sink']:.2f}")
+        SCENARIOS[args.scenario](args, Path(folder))
 
 
 if __name__ == "__main__":
