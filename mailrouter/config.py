@@ -53,6 +53,7 @@ class Settings:
     defaults: Mapping[str, str] = field(default_factory=dict)
     lock_scope: Literal["key", "global"] = "key"
     executor_threads: int = 16
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     workers: int = 1
     mode: Literal["direct", "spool"] = "direct"
     spool: str = "run/spool"

@@ -373,10 +373,11 @@ async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = 
             loop.add_signal_handler(signum, stopping.set)
         loop.add_signal_handler(signal.SIGHUP, _reload, router, settings)
         log.info(
-            "mailrouter ready on %s (pid %d, %d routes)",
+            "mailrouter ready on %s (pid %d, %d routes, %s)",
             server.address,
             os.getpid(),
             len(router.routes()),
+            type(loop).__module__.partition(".")[0],
         )
         retries = asyncio.create_task(relay.run_retries(stopping))
         if on_ready is not None:
@@ -413,4 +414,24 @@ def run(settings: Settings, *, on_ready: Callable[[str], None] | None = None) ->
 
         run_workers(settings, on_ready)
     else:
-        asyncio.run(serve(settings, on_ready=on_ready))
+        run_in_process(settings, on_ready)
+
+
+def run_in_process(settings: Settings, on_ready: Callable[[str], None] | None = None) -> None:
+    """``serve`` on the configured event loop: uvloop's when it is installed, unless disabled."""
+    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(settings, on_ready=on_ready))
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise MailRouterError(
+                "event_loop = 'uvloop' needs uvloop: pip install 'mailrouter[speed]'"
+            ) from None
+        return None
+    return uvloop.new_event_loop

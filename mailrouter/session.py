@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.lmtp import LMTP
 
@@ -62,8 +62,9 @@ def _enhance(status: str) -> str:
 
 def _say_and_close(transport: asyncio.BaseTransport, status: str) -> None:
     """Write a last reply on a connection and close it (the buffered reply is still sent)."""
-    if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-        transport.write(status.encode() + b"\r\n")
+    if not transport.is_closing():
+        # duck-typed: uvloop's transports do not derive from asyncio's classes
+        cast(asyncio.WriteTransport, transport).write(status.encode() + b"\r\n")
         transport.close()
 
 
@@ -148,8 +149,7 @@ class SMTPSession(FastSMTP):
         if self._original_transport is not None and self.session and self.session.ssl is None:
             # the TLS handshake never finished: the TLS layer would swallow the close, so cut
             # the socket and end the session here
-            if isinstance(self._original_transport, asyncio.Transport):
-                self._original_transport.abort()
+            cast(asyncio.Transport, self._original_transport).abort()
             self.connection_lost(None)
             return
         if self.transport is not None:

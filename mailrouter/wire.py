@@ -22,9 +22,6 @@ from aiosmtpd.smtp import MISSING, SMTP
 
 #: The longest DATA line aiosmtpd accepts, CRLF included.
 DATA_LINE_LIMIT = SMTP.line_length_limit
-#: How much a session's stream buffers before it reads it (and the longest command line read
-#: whole before it is refused as too long).
-STREAM_LIMIT = 64 * 1024
 
 LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 TOO_MUCH_DATA = "552 Error: Too much mail data"
@@ -113,10 +110,6 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None) -> byt
 
 class FastSMTP(SMTP):
     """aiosmtpd's SMTP session with ``read_data`` for DATA and ``simple_path`` for paths."""
-
-    # aiosmtpd sizes the session's stream buffer by this; read_data keeps aiosmtpd's DATA line
-    # limit itself, and a larger buffer lets a message arrive without pausing the socket
-    line_length_limit = STREAM_LIMIT
 
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA command, reading the data with ``read_data``."""

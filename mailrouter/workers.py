@@ -7,7 +7,6 @@ restarts a worker that dies, forwards SIGHUP, and on SIGTERM lets every worker d
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -92,14 +91,14 @@ def _spawn(settings: Settings, number: int, ready_write: int) -> int:
     status = 1
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        from .server import serve
+        from .server import run_in_process
 
         def ready(_: str) -> None:
             os.write(ready_write, b"r")
 
         # each worker recovers its own spool at start: a shared one would steal live claims
         own = dataclasses.replace(settings, spool=f"{settings.spool}/worker-{number}")
-        asyncio.run(serve(own, on_ready=ready))
+        run_in_process(own, ready)
         status = 0
     except BaseException:
         log.exception("worker %d failed", number)

@@ -149,6 +149,15 @@ def test_json_logs_in_the_log_file(project: Project) -> None:
     assert delivery["handlers"] == ["handlers.hello.START"]
 
 
+@pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+def test_the_event_loop_is_uvloop_when_installed(project: Project, choice: str, loop: str) -> None:
+    port, _ = project.start("--event-loop", choice)
+    assert smtp_send(port, "hello@localhost") == {}
+    assert project.run("stop").returncode == 0
+    ready = (project.folder / "logs" / "mailrouter.log").read_text().splitlines()[0]
+    assert ready.endswith(f" routes, {loop})")
+
+
 def test_a_second_start_is_refused(project: Project) -> None:
     _, pid = project.start()
     second = project.run("start", "--port", "0")

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiosmtpd.smtp
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import HealthCheck, assume, given, settings
@@ -61,6 +62,7 @@ async def transcript(port: int, chunks: list[bytes]) -> bytes:
 
 
 async def both(chunks: list[bytes], size_limit: int | None) -> list[tuple[bytes, list[bytes]]]:
+    """What aiosmtpd's SMTP and FastSMTP answer and keep for the same input."""
     results = []
     for session_class in (SMTP, FastSMTP):
         async with smtp_server(session_class, size_limit) as (port, recorder):
@@ -107,15 +109,11 @@ def test_the_data_reader_answers_exactly_like_aiosmtpd(
         chunks.append(rest[:split])
         rest = rest[split:]
     chunks.append(rest)
-    stock, fast = asyncio.run(both(chunks, size_limit))
-    assert _commands_alike(fast) == _commands_alike(stock)
-
-
-def _commands_alike(result: tuple[bytes, list[bytes]]) -> tuple[bytes, list[bytes]]:
-    """A command line over aiosmtpd's 1001 bytes that is also malformed gets one 500 reply or
-    the other ("too long" or "bad syntax"): FastSMTP reads such lines whole before judging."""
-    said, messages = result
-    return said.replace(b"500 Error: bad syntax", b"500 Command line too long"), messages
+    with pytest.MonkeyPatch.context() as patch:
+        # junk after an early end of data is read as commands: let neither server hang up on it
+        patch.setattr(aiosmtpd.smtp, "BOGUS_LIMIT", 10**6)
+        stock, fast = asyncio.run(both(chunks, size_limit))
+    assert fast == stock
 
 
 @pytest.mark.parametrize(
@@ -159,7 +157,7 @@ async def test_limits_get_aiosmtpds_replies(
 
 async def _peak_memory_reading(stream: Callable[[int], bytes], size_limit: int | None) -> int:
     """Peak bytes allocated while ``read_data`` reads 24 MiB of ``stream`` then the end."""
-    reader = asyncio.StreamReader(limit=64 * 1024)
+    reader = asyncio.StreamReader(limit=SMTP.line_length_limit)
 
     async def feed() -> None:
         for i in range(384):
