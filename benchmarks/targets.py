@@ -249,7 +249,10 @@ def no_undeliverable(server: Server) -> None:
     """mailrouter's check: a queued message means its handler did not run."""
     queued = server.spec.cwd / "run" / "undeliverable" / "new"
     if queued.is_dir() and any(queued.iterdir()):
-        raise SystemExit(f"{server.spec.name} queued the benchmark's mail: its handler did not run")
+        first = next(queued.iterdir()).read_bytes().split(b"\r\n\r\n")[0].decode(errors="replace")
+        raise SystemExit(
+            f"{server.spec.name} queued the benchmark's mail: its handler did not run\n{first}"
+        )
 
 
 def salmon(folder: Path, python: str) -> Spec:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import sys
@@ -11,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
 
@@ -26,7 +27,6 @@ from .state import ERROR, MemoryStorage, StateStorage
 log = logging.getLogger(__name__)
 
 LockScope = Literal["key", "global"]
-_SCANS = 3  # how often the stateful candidates are scanned while states move under them
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,46 @@ class Match:
     route: Route
     handler: Handler
     captures: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """What to run for one state key: a stateless handler, or a state machine's handler for
+    the sender's current state (picked under the key's lock)."""
+
+    key: str
+    by_state: Mapping[str, Match] = field(default_factory=dict)
+    always: Match | None = None
+
+    @property
+    def candidates(self) -> list[Match]:
+        return [self.always] if self.always is not None else list(self.by_state.values())
+
+    @property
+    def nolocking(self) -> bool:
+        """Whether some candidate runs without the lock (then the state is read first)."""
+        return any(found.handler.nolocking for found in self.candidates)
+
+    @property
+    def has_async(self) -> bool:
+        return any(found.handler.is_async for found in self.candidates)
+
+    def pick(self, state: str) -> Match | None:
+        """The handler to run in ``state``, if any."""
+        return self.always or self.by_state.get(state)
+
+    def only(self, found: Match) -> _Choice:
+        """A choice that runs ``found`` whatever the state."""
+        return _Choice(self.key, always=found)
+
+
+class _Refused(Exception):
+    """A handler refused the message with an SMTPError."""
+
+    def __init__(self, handler: Handler, error: SMTPError) -> None:
+        super().__init__(str(error))
+        self.handler = handler
+        self.error = error
 
 
 class _HandlerFailed(Exception):
@@ -201,142 +241,131 @@ class Router:
         return DeliveryResult(replies, queue_key, reasons, outcomes)
 
     async def _route(self, message: MailRequest, address: str) -> Outcome:
+        """Run the handlers for one recipient: every stateless match, and the first stateful
+        state machine (a state key) with a handler for the sender's state."""
         matches = self.match(address)
         outcome = Outcome(matched=bool(matches))
-        pending = matches
-        for _ in range(_SCANS):
-            seen: dict[str, set[str]] = {}  # state key -> the states its candidates found
-            for found in pending:
-                if outcome.stateful_done and not found.handler.stateless:
+        machines: dict[str, dict[str, Match]] = {}  # state key -> its handlers by state
+        for found in matches:
+            if not found.handler.stateless:
+                key = self.state_key(found.handler.module, message)
+                machines.setdefault(key, {}).setdefault(found.handler.name, found)
+        done: set[str] = set()
+        for found in matches:
+            if found.handler.stateless:
+                choice = _Choice(self.state_key(found.handler.module, message), always=found)
+            else:
+                key = self.state_key(found.handler.module, message)
+                if outcome.stateful_done or key in done:
                     continue
-                if not await self._try(found, message, address, outcome, seen):
-                    return outcome  # refused
-            # each candidate checks its state under its own lock: if a state moved during the
-            # scan (another message, or a stateless handler here), a candidate may have been
-            # missed, so scan the stateful ones again
-            if outcome.stateful_done or not seen:
-                break
-            if not await self._blocking(self._moved, seen, message.route_from):
-                break
-            pending = [found for found in matches if not found.handler.stateless]
+                done.add(key)
+                choice = _Choice(key, by_state=machines[key])
+            if not await self._try(choice, message, address, outcome):
+                break  # refused
         return outcome
 
-    def _moved(self, seen: Mapping[str, set[str]], sender: str) -> bool:
-        """Whether a state the candidates saw changed during (or since) the scan."""
-        return any(
-            len(states) > 1 or self.store.get(key, sender) not in states
-            for key, states in seen.items()
-        )
-
     async def _try(
-        self,
-        found: Match,
-        message: MailRequest,
-        address: str,
-        outcome: Outcome,
-        seen: dict[str, set[str]],
+        self, choice: _Choice, message: MailRequest, address: str, outcome: Outcome
     ) -> bool:
-        """Run one matching handler and record how it went; False if it refused the message."""
-        handler = found.handler
+        """Run the handler ``choice`` picks, if any, and record how it went; False if refused."""
         try:
-            took = await self._attempt(handler, message, found.captures, seen)
-        except SMTPError as refusal:
-            outcome.ran.append(handler)
+            ran = await self._attempt(choice, message)
+        except _Refused as refused:
+            outcome.ran.append(refused.handler)
             log.info(
-                "%s refused %r from %r: %s", handler.qualname, address, message.sender, refusal
+                "%s refused %r from %r: %s",
+                refused.handler.qualname,
+                address,
+                message.sender,
+                refused.error,
             )
-            outcome.refusal = refusal
+            outcome.refusal = refused.error
             return False
         except _HandlerFailed as failure:
-            outcome.ran.append(handler)
+            outcome.ran.append(failure.handler)
             log.error(
                 "handler %s failed for %r from %r",
-                handler.qualname,
+                failure.handler.qualname,
                 address,
                 message.sender,
                 exc_info=failure.__cause__,
             )
             outcome.failures.append(failure.reason)
-            outcome.stateful_done = outcome.stateful_done or not handler.stateless
+            outcome.stateful_done = outcome.stateful_done or not failure.handler.stateless
             return True
-        if took:
-            outcome.ran.append(handler)
+        if ran is not None:
+            outcome.ran.append(ran)
             outcome.handled = True
-            outcome.stateful_done = outcome.stateful_done or not handler.stateless
+            outcome.stateful_done = outcome.stateful_done or not ran.stateless
         return True
 
-    async def _attempt(
-        self,
-        handler: Handler,
-        message: MailRequest,
-        captures: Mapping[str, str],
-        seen: dict[str, set[str]],
-    ) -> bool:
-        """Run ``handler`` under its locks if it applies in the sender's state; False if not."""
-        key = self.state_key(handler.module, message)
-        if handler.nolocking:
-            return await self._run(handler, key, message, captures, contextlib.nullcontext(), seen)
+    async def _attempt(self, choice: _Choice, message: MailRequest) -> Handler | None:
+        """Pick and run a handler under the locks it needs; the handler that ran, if any.
+
+        The state is read, and the handler for it run, under one lock: a state machine's
+        transitions never interleave, and no state change can slip between check and run.
+        """
+        sender = message.route_from
+        if choice.nolocking:
+            unlocked = contextlib.nullcontext()
+            if choice.always is not None:
+                return await self._run(choice, message, unlocked)
+            picked = choice.pick(await self._blocking(self.store.get, choice.key, sender))
+            if picked is None:
+                return None
+            if picked.handler.nolocking:
+                return await self._run(choice.only(picked), message, unlocked)
         if self.lock_scope == "global":
             async with self._local_locks.hold(None):
-                return await self._run(
-                    handler, key, message, captures, contextlib.nullcontext(), seen
-                )
-        async with self._local_locks.hold((key, message.route_from)):
-            store_lock = self.store.lock(key, message.route_from)
-            return await self._run(handler, key, message, captures, store_lock, seen)
+                return await self._run(choice, message, contextlib.nullcontext())
+        async with self._local_locks.hold((choice.key, sender)):
+            return await self._run(choice, message, self.store.lock(choice.key, sender))
 
     async def _run(
-        self,
-        handler: Handler,
-        key: str,
-        message: MailRequest,
-        captures: Mapping[str, str],
-        store_lock: AbstractContextManager[Any],
-        seen: dict[str, set[str]],
-    ) -> bool:
-        if not handler.is_async:
-            took: bool = await self._blocking(
-                self._run_sync, handler, key, message, captures, store_lock, seen
-            )
-            return took
+        self, choice: _Choice, message: MailRequest, store_lock: AbstractContextManager[Any]
+    ) -> Handler | None:
+        if not choice.has_async:  # the whole step in one executor call
+            ran: Handler | None = await self._blocking(self._run_sync, choice, message, store_lock)
+            return ran
         async with held_in_executor(store_lock, self.executor):
-            if not handler.stateless:
-                state = await self._blocking(self.store.get, key, message.route_from)
-                if state != handler.name:
-                    seen.setdefault(key, set()).add(state)
-                    return False
+            found = choice.always
+            if found is None:
+                state = await self._blocking(self.store.get, choice.key, message.route_from)
+                found = choice.pick(state)
+            if found is None:
+                return None
+            handler = found.handler
             try:
-                result = await handler.func(message, **captures)
-            except SMTPError:
-                raise
+                if handler.is_async:
+                    result = await handler.func(message, **found.captures)
+                else:
+                    call = functools.partial(handler.func, message, **found.captures)
+                    result = await self._blocking(call)
+            except SMTPError as error:
+                raise _Refused(handler, error) from error
             except Exception as exc:
-                raise await self._blocking(self._failure, handler, key, message, exc) from exc
-            await self._blocking(self._transition, handler, key, message, result)
-        return True
+                raise await self._blocking(
+                    self._failure, handler, choice.key, message, exc
+                ) from exc
+            await self._blocking(self._transition, handler, choice.key, message, result)
+        return handler
 
     def _run_sync(
-        self,
-        handler: Handler,
-        key: str,
-        message: MailRequest,
-        captures: Mapping[str, str],
-        store_lock: AbstractContextManager[Any],
-        seen: dict[str, set[str]],
-    ) -> bool:
+        self, choice: _Choice, message: MailRequest, store_lock: AbstractContextManager[Any]
+    ) -> Handler | None:
         with store_lock:
-            if not handler.stateless:
-                state = self.store.get(key, message.route_from)
-                if state != handler.name:
-                    seen.setdefault(key, set()).add(state)
-                    return False
+            found = choice.always or choice.pick(self.store.get(choice.key, message.route_from))
+            if found is None:
+                return None
+            handler = found.handler
             try:
-                result = handler.func(message, **captures)
-            except SMTPError:
-                raise
+                result = handler.func(message, **found.captures)
+            except SMTPError as error:
+                raise _Refused(handler, error) from error
             except Exception as exc:
-                raise self._failure(handler, key, message, exc) from exc
-            self._transition(handler, key, message, result)
-        return True
+                raise self._failure(handler, choice.key, message, exc) from exc
+            self._transition(handler, choice.key, message, result)
+        return handler
 
     def _failure(
         self, handler: Handler, key: str, message: MailRequest, exc: Exception

@@ -709,7 +709,7 @@ async def test_one_sender_flooding_a_small_executor_never_deadlocks(
     assert len(router._local_locks) == 0  # no lock left behind
 
 
-async def test_a_state_that_moves_during_the_scan_does_not_lose_the_message(
+async def test_a_state_machine_is_resolved_under_one_lock(
     make_module: MakeModule, queue: Queue
 ) -> None:
     app = make_module(
@@ -734,8 +734,42 @@ async def test_a_state_that_moves_during_the_scan_does_not_lose_the_message(
     sys.modules[app].ROUTER = router
     msg = mail(recipients=["x@x.org"])
     router.set_state(app, msg, "SECOND")
-    # FIRST is checked (state SECOND: no), FLIP moves the state to FIRST, SECOND is checked
-    # (state FIRST: no): without a rescan the message would be handled by nobody
+    # the module's handlers are one state machine: the state is read once, under the lock, and
+    # its handler (SECOND) runs, whatever FLIP does to the state afterwards. (Lamson checked
+    # FIRST, ran FLIP, then checked SECOND in the new state: nobody handled the message.)
     result = await router.deliver(msg)
-    assert sys.modules[app].ran == ["FIRST"]
+    assert sys.modules[app].ran == ["SECOND"]
     assert not result.queued
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_cycling_state_machine_under_concurrent_mail_loses_nothing(
+    make_module: MakeModule, queue: Queue, kind: str
+) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    define = "async def" if kind == "async" else "def"
+    app = make_module(
+        f"""
+        from mailrouter import route, route_like
+        count = []
+        @route("cycle@x.org")
+        {define} START(message):
+            count.append(1)
+            return NEXT
+        @route_like(START)
+        {define} NEXT(message):
+            count.append(1)
+            return START
+        """
+    )
+    with ThreadPoolExecutor(8) as executor:
+        router = Router(undeliverable=queue, executor=executor)
+        router.load([app])
+        senders = [f"s{i % 2}@x.org" for i in range(200)]
+        results = await asyncio.gather(
+            *(router.deliver(mail(sender=s, recipients=["cycle@x.org"])) for s in senders)
+        )
+    assert [r for r in results if r.queued] == []
+    assert len(sys.modules[app].count) == 200
