@@ -9,7 +9,10 @@ table and removes it afterwards, and touches only its own connections.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
+import hashlib
+import json
 import os
 import select
 import signal
@@ -136,9 +139,9 @@ class Shared:
         return open_store(self.url(**options))
 
     def lease(self, seconds: float) -> dict[str, object]:
-        """The option for a lock lease of ``seconds`` (postgres has none: its locks die with
-        their connection)."""
-        return {} if self.kind == "postgres" else {"lock_timeout": seconds}
+        """The option for a lock lease of ``seconds`` (redis only: sqlite's and postgres's
+        locks die with their process or connection)."""
+        return {"lock_timeout": seconds} if self.kind == "redis" else {}
 
 
 def location(kind: str, tmp: Path) -> Iterator[Shared]:
@@ -197,6 +200,37 @@ print("locked", flush=True)
 time.sleep(600)
 """
 
+MARKER = """
+import os, sys, time
+from mailrouter.state import open_store
+store = open_store(sys.argv[1])
+log = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+try:
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for _ in range(int(sys.argv[3])):
+        with store.lock("k", "joe@x.org"):
+            os.write(log, f"enter {os.getpid()}\\n".encode())
+            time.sleep(0.0005)  # another holder would write here
+            os.write(log, f"exit {os.getpid()}\\n".encode())
+finally:
+    store.close()
+"""
+
+TRY = """
+import sys
+from mailrouter.errors import StoreError
+from mailrouter.state import open_store
+store = open_store(sys.argv[1])
+try:
+    with store.lock(sys.argv[2], sys.argv[3]):
+        print("locked")
+except StoreError as exc:
+    print(exc)
+finally:
+    store.close()
+"""
+
 
 OPEN_AT = """
 import sys, time
@@ -229,10 +263,8 @@ def wait_line(child: subprocess.Popen[bytes], expected: bytes) -> None:
     assert got == expected + b"\n"
 
 
-def test_cross_process_increments_are_exact(shared: Shared) -> None:
-    children, rounds = 3, 60
-    url = shared.url()
-    procs = [spawn(COUNTER, url, str(rounds)) for _ in range(children)]
+def run_together(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Let ``procs`` (each printing "ready", then reading a line) go at once; all must succeed."""
     try:
         for child in procs:
             wait_line(child, b"ready")
@@ -249,6 +281,24 @@ def test_cross_process_increments_are_exact(shared: Shared) -> None:
                 child.wait(WAIT)
             assert child.stdout is not None
             child.stdout.close()
+
+
+def try_lock(url: str, key: str = "k", sender: str = "joe@x.org") -> str:
+    """What another process gets when it takes the lock of (key, sender): "locked" or the error."""
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", TRY, url, key, sender],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_cross_process_increments_are_exact(shared: Shared) -> None:
+    children, rounds = 3, 60
+    url = shared.url()
+    run_together([spawn(COUNTER, url, str(rounds)) for _ in range(children)])
     with closing(open_store(url)) as store:
         assert store.get("k", "joe@x.org") == f"N{children * rounds}"
 
@@ -605,23 +655,40 @@ def test_unreachable_server_fails_open(tmp_path: Path) -> None:
 # -- store specifics ----------------------------------------------------------------------------
 
 
+def posix_locks(path: Path) -> list[tuple[str, int, str, str]]:
+    """The POSIX record locks on ``path`` (Linux's /proc/locks): (type, pid, start, end)."""
+    info = path.stat()
+    ident = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    lines = Path("/proc/locks").read_text().splitlines()
+    return [
+        (fields[3], int(fields[4]), fields[6], fields[7])
+        for fields in map(str.split, lines)
+        if fields[1] == "POSIX" and fields[5] == ident
+    ]
+
+
 def test_sqlite_file_layout(tmp_path: Path) -> None:
+    """One table; a held lock is a write lock on the byte of ``<db>.lock`` hashed from the pair."""
     path = tmp_path / "deep" / "state.db"
     with closing(open_store(f"sqlite://{path}")) as store:
         store.set("k", "jöe@x.org", "POSTING")
         store.set("k", "bad\udcffbyte", "S")
-        with store.lock("k", "jöe@x.org"), closing(sqlite3.connect(path)) as conn:
+        with closing(sqlite3.connect(path)) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            tables = conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            assert tables.fetchall() == [("mailrouter_state",)]
             rows = conn.execute("SELECT key, sender, state FROM mailrouter_state").fetchall()
             assert sorted(rows, reverse=True) == [
                 ("k", "jöe@x.org", "POSTING"),
                 ("k", '\x1b"bad\\udcffbyte"', "S"),
             ]
-            owner, expires = conn.execute("SELECT owner, expires FROM mailrouter_lock").fetchone()
-            assert owner.startswith(f"{socket.gethostname()}:{os.getpid()}:")
-            assert time.time() < expires <= time.time() + 30
-        with closing(sqlite3.connect(path)) as conn:
-            assert conn.execute("SELECT count(*) FROM mailrouter_lock").fetchone() == (0,)
+        lock_path = tmp_path / "deep" / "state.db.lock"
+        digest = hashlib.blake2b(json.dumps(["k", "jöe@x.org"]).encode(), digest_size=8).digest()
+        byte = str(int.from_bytes(digest, "big") >> 2)
+        assert posix_locks(lock_path) == []
+        with store.lock("k", "jöe@x.org"):
+            assert posix_locks(lock_path) == [("WRITE", os.getpid(), byte, byte)]
+        assert posix_locks(lock_path) == []
 
 
 def test_sqlite_concurrent_first_open(tmp_path: Path) -> None:
@@ -640,22 +707,78 @@ def test_sqlite_concurrent_first_open(tmp_path: Path) -> None:
             assert child.returncode == 0, err.decode()
 
 
-def test_sqlite_takes_over_an_expired_lock(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with (
-        closing(open_store(f"sqlite://{path}?lock_wait=0.2")) as store,
-        closing(sqlite3.connect(path, isolation_level=None)) as conn,
-    ):
-        conn.execute(
-            "INSERT INTO mailrouter_lock VALUES ('k', 's', 'elsewhere:1:x', ?)",
-            (time.time() + 60,),
+def test_sqlite_holders_in_two_processes_never_overlap(tmp_path: Path) -> None:
+    """Processes contending for one pair log entering and leaving it: never interleaved."""
+    url, log, rounds = f"sqlite://{tmp_path / 'state.db'}", tmp_path / "log", 150
+    procs = [spawn(MARKER, url, str(log), str(rounds)) for _ in range(2)]
+    run_together(procs)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 * 2 * rounds
+    for enter, leave in zip(lines[::2], lines[1::2], strict=True):
+        assert (enter.split()[0], leave.split()[0], enter.split()[1]) == (
+            "enter",
+            "exit",
+            leave.split()[1],
         )
-        with pytest.raises(StoreError, match="gave up"):
-            store.lock("k", "s").__enter__()
-        conn.execute("UPDATE mailrouter_lock SET expires = ?", (time.time() - 1,))
-        with store.lock("k", "s"):
-            owner = conn.execute("SELECT owner FROM mailrouter_lock").fetchone()[0]
-            assert owner != "elsewhere:1:x"
+    assert {line.split()[1] for line in lines} == {str(child.pid) for child in procs}
+
+
+def test_sqlite_lock_is_per_pair_across_processes(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'state.db'}"
+    child = spawn(HOLDER, url)
+    try:
+        wait_line(child, b"locked")
+        assert try_lock(f"{url}?lock_wait=5", "k", "ann@x.org") == "locked"
+        assert try_lock(f"{url}?lock_wait=5", "k2", "joe@x.org") == "locked"
+        started = time.monotonic()
+        assert "gave up after 0.3 s" in try_lock(f"{url}?lock_wait=0.3")
+        assert time.monotonic() - started >= 0.3
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(WAIT) == -signal.SIGKILL
+        assert try_lock(f"{url}?lock_wait=5") == "locked"  # no lease to wait out
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(WAIT)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_sqlite_closing_one_store_keeps_the_locks_of_another(tmp_path: Path) -> None:
+    """Stores of one process share the lock file's descriptor: closing one drops no lock."""
+    url = f"sqlite://{tmp_path / 'state.db'}"
+    with closing(open_store(url)) as holder, holder.lock("k", "joe@x.org"):
+        open_store(url).close()
+        assert "gave up" in try_lock(f"{url}?lock_wait=0.2")
+    assert try_lock(url) == "locked"
+
+
+def test_sqlite_colliding_pairs_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pairs hashed to one byte exclude each other: a process's lock would not."""
+    monkeypatch.setattr("mailrouter.stores.sqlite._slot", lambda key, sender: 7)
+    with closing(open_store(f"sqlite://{tmp_path / 'state.db'}?lock_wait=0.2")) as store:
+        with store.lock("k", "ann@x.org"), pytest.raises(StoreError, match="gave up"):
+            store.lock("k", "bob@x.org").__enter__()
+        with store.lock("k", "bob@x.org"):
+            pass
+
+
+def test_sqlite_failed_unlock_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    lockf = fcntl.lockf
+
+    def failing(fd: int, cmd: int, *args: int) -> None:
+        if cmd == fcntl.LOCK_UN:
+            raise OSError(5, "injected")
+        lockf(fd, cmd, *args)
+
+    with closing(open_store(f"sqlite://{tmp_path / 'state.db'}")) as store:
+        with store.lock("k", "s@x.org"):
+            monkeypatch.setattr(fcntl, "lockf", failing)
+        monkeypatch.undo()
+        assert "cannot release the lock of 's@x.org' under 'k': [Errno 5] injected" in caplog.text
 
 
 def test_redis_key_layout(redis_shared: Shared) -> None:
@@ -839,9 +962,9 @@ def test_open_sqlite_relative(
     [
         ("sqlite://", "names no file"),
         ("sqlite:///", "names no file"),
-        ("sqlite:///tmp/x.db?lock_timeout=abc", "lock_timeout must be positive"),
         ("sqlite:///tmp/x.db?lock_wait=0", "lock_wait must be positive"),
-        ("sqlite:///tmp/x.db?lock_timeout=inf", "lock_timeout must be positive"),
+        ("sqlite:///tmp/x.db?busy_timeout=inf", "busy_timeout must be positive"),
+        ("sqlite:///tmp/x.db?lock_timeout=30", "unknown option"),
         ("sqlite:///tmp/x.db?colour=blue", "unknown option"),
         ("redis://127.0.0.1:6379/0?lock_timeout=-1", "lock_timeout must be positive"),
         ("redis://127.0.0.1:6379/0?db=zero", "db"),

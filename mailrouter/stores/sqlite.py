@@ -5,69 +5,144 @@ power cut once ``set`` returns) and a busy timeout, so writers of several proces
 of failing. Each store keeps one connection, used by one thread at a time. Schema::
 
     mailrouter_state (key TEXT, sender TEXT, state TEXT NOT NULL, PRIMARY KEY (key, sender))
-    mailrouter_lock  (key TEXT, sender TEXT, owner TEXT NOT NULL, expires REAL NOT NULL,
-                      PRIMARY KEY (key, sender))
 
 Text that SQLite cannot hold as it is (lone surrogates) is escaped (``_common.to_text``).
 
-``lock(key, sender)`` is a row of ``mailrouter_lock``: taken by one atomic INSERT that may take
-over a row whose ``expires`` (Unix time) has passed, polled with a short backoff, deleted by its
-``owner`` token on release. A lease lasts ``lock_timeout`` seconds and is renewed while held, so
-only a crashed (or stalled) holder's lock expires: a ``kill -9`` frees it after ``lock_timeout``.
+``lock(key, sender)`` is a POSIX record lock (``fcntl.lockf``) on one byte of the sidecar file
+``<db>.lock``, at an offset hashed from the pair (62 bits of BLAKE2b): no write, no fsync. It is
+tried without blocking and polled with a short backoff. The kernel frees it when its holder's
+process exits, even by ``kill -9``, so there is no lease to renew or expire. Record locks belong
+to a process, not to a thread or a descriptor, and closing any descriptor of the file drops them
+all: so the stores of one process on one file share one descriptor, and a table of the bytes
+they hold, so that two threads never hold one byte (two pairs whose hashes collide just take
+turns). Do not delete ``<db>.lock`` while servers use the store. (Versions before took locks
+as rows of a ``mailrouter_lock`` table, now unused: upgrade every process at once.)
 
-URL options: ``lock_timeout`` (30 s), ``lock_wait`` (60 s: waiting longer raises ``StoreError``),
-``busy_timeout`` (5 s). ``sqlite://relative/path`` is relative to the current directory.
+URL options: ``lock_wait`` (60 s: waiting longer raises ``StoreError``), ``busy_timeout`` (5 s).
+``sqlite://relative/path`` is relative to the current directory.
 ``readonly=True`` creates nothing (a missing file reads as empty) and refuses writes and locks.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import logging
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mailrouter.errors import StoreError
 from mailrouter.state import START
-from mailrouter.stores._common import Leases, SharedStore, StoreURL, from_text, new_token, to_text
+from mailrouter.stores._common import SharedStore, StoreURL, from_text, to_text
 
 log = logging.getLogger(__name__)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS mailrouter_state (key TEXT NOT NULL, sender TEXT NOT NULL,"
-    " state TEXT NOT NULL, PRIMARY KEY (key, sender)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS mailrouter_lock (key TEXT NOT NULL, sender TEXT NOT NULL,"
-    " owner TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (key, sender)) WITHOUT ROWID",
-)
-_TAKE = (
-    "INSERT INTO mailrouter_lock (key, sender, owner, expires) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (key, sender) DO UPDATE SET owner = excluded.owner, expires = excluded.expires"
-    " WHERE mailrouter_lock.expires < ?"
+    " state TEXT NOT NULL, PRIMARY KEY (key, sender)) WITHOUT ROWID"
 )
 
 
-class SqliteStorage(SharedStore[str]):
-    """States and cross-process locks in one SQLite file."""
+def _slot(key: str, sender: str) -> int:
+    """The byte of the lock file that stands for (key, sender)."""
+    digest = hashlib.blake2b(json.dumps([key, sender]).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 2
+
+
+class _LockFile:
+    """This process's one descriptor of a lock file, shared by its stores, and the bytes held."""
+
+    _open: ClassVar[dict[tuple[int, int], _LockFile]] = {}
+    _registry: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, fd: int, ident: tuple[int, int]) -> None:
+        self._fd: int | None = fd
+        self._ident = ident
+        self._users = 1
+        self._guard = threading.Lock()
+        self._held: set[int] = set()
+
+    @classmethod
+    def attach(cls, path: Path) -> _LockFile:
+        """The lock file at ``path``, created if missing; opened once per process."""
+        with cls._registry:
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                pass
+            else:
+                found = cls._open.get((info.st_dev, info.st_ino))
+                if found is not None:
+                    found._users += 1
+                    return found
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            info = os.fstat(fd)
+            lock_file = cls._open[info.st_dev, info.st_ino] = cls(fd, (info.st_dev, info.st_ino))
+            return lock_file
+
+    def detach(self) -> None:
+        """One store fewer; the last closes the descriptor, which drops this process's locks."""
+        with self._registry:
+            self._users -= 1
+            if self._users:
+                return
+            del self._open[self._ident]
+            with self._guard:  # under the registry: a new descriptor must not open before
+                fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
+
+    def try_lock(self, slot: int) -> bool:
+        """Take byte ``slot`` unless a thread of this process or another process holds it."""
+        with self._guard:
+            if self._fd is None or slot in self._held:
+                return False
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+            except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: another process
+                return False
+            self._held.add(slot)
+            return True
+
+    def unlock(self, slot: int) -> None:
+        """Give byte ``slot`` back (if the descriptor is closed, the kernel already has)."""
+        with self._guard:
+            try:
+                if self._fd is not None:
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, slot)
+            finally:
+                self._held.discard(slot)
+
+
+class SqliteStorage(SharedStore[tuple[_LockFile, int]]):
+    """States in one SQLite file; cross-process locks on bytes of ``<db>.lock``."""
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
         readonly: bool = False,
-        lock_timeout: float = 30.0,
         lock_wait: float = 60.0,
         busy_timeout: float = 5.0,
     ) -> None:
         self.path = Path(path)
         super().__init__(f"sqlite://{self.path}", readonly=readonly, lock_wait=lock_wait)
-        self.lock_timeout = lock_timeout
+        self.lock_path = self.path.with_name(f"{self.path.name}.lock")
         self._guard = threading.Lock()
-        self._leases = Leases(lock_timeout, self._renew, f"mailrouter-sqlite-leases {self.path}")
         self._busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None if readonly else self._open()
+        self._conn = None if readonly else self._open()
+        self._lock_file: _LockFile | None = None
+        if not readonly:
+            try:
+                self._lock_file = _LockFile.attach(self.lock_path)
+            except OSError as exc:
+                self.close()
+                raise StoreError(f"cannot open state store {self._shown}: {exc}") from exc
 
     def _open(self) -> sqlite3.Connection | None:
         """Connect (read-only: once the file exists; creates nothing) and set a writer up."""
@@ -89,7 +164,7 @@ class SqliteStorage(SharedStore[str]):
         return conn
 
     def _set_up(self, conn: sqlite3.Connection) -> None:
-        """WAL mode, full sync and the tables; retried while other processes do the same.
+        """WAL mode, full sync and the table; retried while other processes do the same.
 
         Switching a new file to WAL fails at once with "database is locked" (no busy handler)
         while another connection holds it, as when several workers start together.
@@ -108,13 +183,12 @@ class SqliteStorage(SharedStore[str]):
                     raise sqlite3.OperationalError(f"cannot switch from {mode} to WAL mode")
             time.sleep(0.01)
         conn.execute("PRAGMA synchronous = FULL")
-        for statement in _SCHEMA:
-            conn.execute(statement)
+        conn.execute(_SCHEMA)
 
     @classmethod
     def from_url(cls, url: str, *, readonly: bool = False) -> SqliteStorage:
         """Open ``sqlite:///abs/path`` or ``sqlite://relative/path`` with its options."""
-        parsed = StoreURL(url, ("lock_timeout", "lock_wait", "busy_timeout"))
+        parsed = StoreURL(url, ("lock_wait", "busy_timeout"))
         parsed.refuse_rest()
         path = parsed.parts.netloc + parsed.parts.path
         if not path or path.endswith("/"):
@@ -122,7 +196,6 @@ class SqliteStorage(SharedStore[str]):
         return cls(
             path,
             readonly=readonly,
-            lock_timeout=parsed.seconds("lock_timeout", 30.0),
             lock_wait=parsed.seconds("lock_wait", 60.0),
             busy_timeout=parsed.seconds("busy_timeout", 5.0),
         )
@@ -178,43 +251,38 @@ class SqliteStorage(SharedStore[str]):
         self._writable()
         self._execute("DELETE FROM mailrouter_state")
 
-    def _acquire(self, key: str, sender: str) -> str:
-        token = new_token()
-        row = (to_text(key), to_text(sender), token)
+    def _acquire(self, key: str, sender: str) -> tuple[_LockFile, int]:
+        lock_file, slot = self._lock_file, _slot(key, sender)
+        if lock_file is None:  # closed meanwhile (a read-only store never gets here)
+            raise StoreError(f"state store {self._shown} is closed")
 
         def take() -> bool:
-            now = time.time()
-            return self._execute(_TAKE, (*row, now + self.lock_timeout, now))[1] == 1
+            try:
+                return lock_file.try_lock(slot)
+            except OSError as exc:
+                raise StoreError(f"state store {self._shown}: cannot lock: {exc}") from exc
 
         self._poll(take, key, sender)
-        self._leases.add(token, key, sender)
-        return token
+        return lock_file, slot
 
-    def _release(self, key: str, sender: str, handle: str) -> None:
-        self._leases.remove(handle)
+    def _release(self, key: str, sender: str, handle: tuple[_LockFile, int]) -> None:
+        lock_file, slot = handle
         try:
-            self._execute(
-                "DELETE FROM mailrouter_lock WHERE key = ? AND sender = ? AND owner = ?",
-                (to_text(key), to_text(sender), handle),
-            )
-        except StoreError as exc:  # the lease runs out by itself
+            lock_file.unlock(slot)
+        except OSError as exc:  # the kernel still frees it when this process exits
             log.warning("cannot release the lock of %r under %r: %s", sender, key, exc)
 
-    def _renew(self, held: list[tuple[str, str, str]]) -> None:
-        expires = time.time() + self.lock_timeout
-        for token, key, sender in held:
-            _, changed = self._execute(
-                "UPDATE mailrouter_lock SET expires = ? WHERE key = ? AND sender = ? AND owner = ?",
-                (expires, to_text(key), to_text(sender), token),
-            )
-            if not changed and token in self._leases:
-                log.warning("the lock of %r under %r expired while held", sender, key)
-
     def close(self) -> None:
-        """Stop renewing leases and close the connection; idempotent."""
-        self._leases.stop()
+        """Close the connection and let go of the lock file; idempotent.
+
+        Locks this store holds are still released as usual, unless it was the last store of this
+        process on the file: closing the file's descriptor releases them at once.
+        """
         self._closing.set()
         with self._guard:
             conn, self._conn = self._conn, None
+            lock_file, self._lock_file = self._lock_file, None
         if conn is not None:
             conn.close()
+        if lock_file is not None:
+            lock_file.detach()
