@@ -162,8 +162,11 @@ class Outbox:
             )
         return Stored(deferred, failed, outbox_key, failed_key, retry_at)
 
-    async def retry_once(self, deliver: Deliver, now: float | None = None) -> RetryReport:
-        """Try every outbox entry that is due at ``now`` (default: the current time) once.
+    async def retry_once(
+        self, deliver: Deliver, now: float | None = None, *, ignore_schedule: bool = False
+    ) -> RetryReport:
+        """Try every outbox entry that is due at ``now`` (default: the current time) once; with
+        ``ignore_schedule``, every entry, due or not (expiry still counts from ``now``).
 
         Only one pass runs at a time over one outbox, across threads and processes (a lock
         file): a pass that finds another one running returns at once with ``busy`` set.
@@ -180,8 +183,8 @@ class Outbox:
             due: list[tuple[QueueEntry, Schedule]] = []
             next_due: float | None = None
             for entry in entries:
-                schedule = _schedule_of(entry)
-                if schedule.next <= now:
+                schedule = schedule_of(entry)
+                if ignore_schedule or schedule.next <= now:
                     due.append((entry, schedule))
                 else:
                     next_due = schedule.next if next_due is None else min(next_due, schedule.next)
@@ -236,7 +239,7 @@ def _message_id(data: bytes) -> str:
     return " ".join(str(header.get("Message-ID", "")).split())
 
 
-def _schedule_of(entry: QueueEntry) -> Schedule:
+def schedule_of(entry: QueueEntry) -> Schedule:
     """The entry's schedule: the earliest next attempt among its recipients' reason lines."""
     queued_at = entry.queued_at.timestamp()
     schedules = [Schedule.decode(reason, queued_at)[0] for reason in entry.reasons.values()]

@@ -198,9 +198,12 @@ class Relay:
             raise DeliveryError(result)
         return result
 
-    async def retry_once(self, now: float | None = None) -> RetryReport:
-        """One pass over the outbox: retry each entry whose next attempt is due at ``now``."""
-        return await self.outbox.retry_once(self.deliver, now)
+    async def retry_once(
+        self, now: float | None = None, *, ignore_schedule: bool = False
+    ) -> RetryReport:
+        """One pass over the outbox: retry each entry whose next attempt is due at ``now``
+        (with ``ignore_schedule``, every entry; see ``Outbox.retry_once``)."""
+        return await self.outbox.retry_once(self.deliver, now, ignore_schedule=ignore_schedule)
 
     async def run_retries(self, stop: asyncio.Event, interval: float = 60.0) -> None:
         """Retry the outbox until ``stop`` is set: a pass every ``interval`` seconds or sooner

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers import mail
+from helpers import Sink, mail, sink_server
 from test_server import running
 
 from mailrouter import __version__
@@ -24,6 +28,8 @@ from mailrouter.cli import common, main
 from mailrouter.cli import queue as queue_cli
 from mailrouter.cli import server as server_cli
 from mailrouter.config import FIELDS, Settings, load_settings
+from mailrouter.message import MailRequest
+from mailrouter.outbox import Outbox, Outcome, RetryPolicy, Schedule
 from mailrouter.queue import Queue
 from mailrouter.state import ShelveStorage
 
@@ -392,6 +398,246 @@ def test_queue_replay_while_the_server_runs_says_to_stop_it(project: Path) -> No
     with ShelveStorage(settings.path("run/state.db")):
         result = invoke("queue", "replay", "--config", config(project))
     assert_one_line_error(result, "in use", "stop the server first")
+    assert len(queue_of(project)) == 1
+
+
+# -- queue --box outbox / failed, and queue retry -----------------------------------------------
+
+NOW = 1767225600.0  # 2026-01-01 00:00:00 UTC: a fixed "now" for entries stored by the tests
+
+
+def outbox_of(project: Path) -> Outbox:
+    settings = settings_of(project)
+    return Outbox(settings.path(settings.outbox), settings.path(settings.failed))
+
+
+async def store(project: Path, message: MailRequest, replies: dict[str, Outcome], **kw: Any) -> str:
+    """Keep ``message`` for ``replies`` through the relay's own path; the key it was kept under."""
+    stored = await outbox_of(project).store(message.sender, message.data, replies, **kw)
+    key = stored.outbox_key or stored.failed_key
+    assert key is not None
+    return key
+
+
+def local(when: float) -> str:
+    return datetime.fromtimestamp(when).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cells_of(output: str) -> list[list[str]]:
+    return [re.split(r"\s{2,}", line) for line in output.splitlines()]
+
+
+def test_queue_box_outbox_lists_shows_counts_removes_and_clears(project: Path) -> None:
+    box = ["--config", config(project), "--box", "outbox"]
+    assert invoke("queue", "list", *box).stdout == "the outbox is empty\n"
+    assert invoke("queue", "clear", "--yes", *box).stdout == "the outbox is empty\n"
+    assert invoke("queue", "count", *box).stdout == "0\n"
+
+    message = mail("alice@example.org", ["x@example.com", "y@example.com"])
+    replies = {
+        "x@example.com": Outcome("deferred", "451 4.3.0 Try later"),
+        "y@example.com": Outcome("deferred", "421 4.4.2 Timed out"),
+    }
+    first = asyncio.run(
+        store(project, message, replies, schedule=Schedule(2, NOW - 180, NOW), now=NOW)
+    )
+    other = mail("", ["z@example.com"])
+    second = asyncio.run(
+        store(project, other, {"z@example.com": Outcome("deferred", "452 Full")}, now=NOW)
+    )
+    queue_of(project).push(mail())  # in the undeliverable queue: not listed with --box outbox
+
+    listed = invoke("queue", "list", *box)
+    assert listed.exit_code == 0, listed.output
+    header, *rows = cells_of(listed.stdout)
+    assert header == ["KEY", "DATE", "SENDER", "RECIPIENTS", "ATTEMPTS", "NEXT", "LAST REPLY"]
+    assert [row[0] for row in rows] == [first, second]
+    assert rows[0][2:] == [
+        "alice@example.org",
+        "x@example.com, y@example.com",
+        "3",
+        local(NOW + 240),
+        "451 4.3.0 Try later; 421 4.4.2 Timed out",
+    ]
+    assert rows[1][2:] == ["<>", "z@example.com", "1", local(NOW + 60), "452 Full"]
+    assert "attempts=" not in listed.stdout
+
+    assert invoke("queue", "count", *box).stdout == "2\n"
+    assert invoke("queue", "count", "--config", config(project)).stdout == "1\n"
+    from_env = invoke("queue", "count", "--config", config(project), MAILROUTER_QUEUE_BOX="outbox")
+    assert from_env.stdout == "2\n"
+
+    shown = invoke("queue", "show", *box, first)
+    assert shown.exit_code == 0, shown.output
+    info, _, raw = shown.stdout_bytes.partition(b"\n\n")
+    assert info.decode().splitlines()[-2:] == [
+        f"Recipient: x@example.com: attempts 3, next {local(NOW + 240)}, "
+        "last reply 451 4.3.0 Try later",
+        f"Recipient: y@example.com: attempts 3, next {local(NOW + 240)}, "
+        "last reply 421 4.4.2 Timed out",
+    ]
+    assert raw == message.data
+
+    assert invoke("queue", "remove", *box, first).stdout == f"removed {first}\n"
+    assert invoke("queue", "count", *box).stdout == "1\n"
+    assert_one_line_error(invoke("queue", "remove", *box, first), repr(first), "in the outbox")
+    assert_one_line_error(invoke("queue", "show", *box, first), repr(first), "in the outbox")
+    undeliverable = invoke("queue", "remove", "--config", config(project), second)
+    assert_one_line_error(undeliverable, repr(second), "in the undeliverable queue")
+
+    declined = invoke("queue", "clear", *box, input="n\n")
+    assert declined.exit_code == 1 and "1 messages in the outbox" in declined.output
+    assert invoke("queue", "clear", "--yes", *box).stdout == "removed 1 messages\n"
+    assert invoke("queue", "count", *box).stdout == "0\n"
+    assert len(queue_of(project)) == 1
+
+
+def test_queue_box_failed_lists_shows_counts_removes_and_clears(project: Path) -> None:
+    box = ["--config", config(project), "--box", "failed"]
+    assert invoke("queue", "list", *box).stdout == "the failed maildir is empty\n"
+    assert invoke("queue", "clear", "--yes", *box).stdout == "the failed maildir is empty\n"
+    message = mail("alice@example.org", ["gone@example.com", "ok@example.com"])
+    replies = {
+        "gone@example.com": Outcome("failed", "550 5.1.1 No such user"),
+        "ok@example.com": Outcome("delivered", "250 OK"),
+    }
+    key = asyncio.run(store(project, message, replies))
+    assert invoke("queue", "list", "--config", config(project), "--box", "outbox").stdout == (
+        "the outbox is empty\n"
+    )
+
+    listed = invoke("queue", "list", *box)
+    assert listed.exit_code == 0, listed.output
+    header, row = cells_of(listed.stdout)
+    assert header == ["KEY", "DATE", "SENDER", "RECIPIENTS", "REASON"]
+    assert row[0] == key
+    assert row[2:] == ["alice@example.org", "gone@example.com", "550 5.1.1 No such user"]
+    assert invoke("queue", "count", *box).stdout == "1\n"
+
+    shown = invoke("queue", "show", *box, key)
+    info, _, raw = shown.stdout_bytes.partition(b"\n\n")
+    assert b"Recipient: gone@example.com: 550 5.1.1 No such user" in info
+    assert raw == message.data
+
+    assert_one_line_error(invoke("queue", "show", *box, "nope"), "'nope'", "in the failed maildir")
+    assert invoke("queue", "remove", *box, key).stdout == f"removed {key}\n"
+    assert invoke("queue", "count", *box).stdout == "0\n"
+    asyncio.run(store(project, message, replies))
+    assert invoke("queue", "clear", "--yes", *box).stdout == "removed 1 messages\n"
+    assert invoke("queue", "count", *box).stdout == "0\n"
+
+
+def test_queue_replay_and_retry_take_no_box(project: Path) -> None:
+    for command in ("replay", "retry"):
+        result = invoke("queue", command, "--config", config(project), "--box", "outbox")
+        assert result.exit_code == 2 and "No such option '--box'" in result.output
+
+
+def relay_env(port: int) -> dict[str, str]:
+    """The settings that point the project's relay at 127.0.0.1:``port``."""
+    return {
+        "MAILROUTER_RELAY_HOST": "127.0.0.1",
+        "MAILROUTER_RELAY_PORT": str(port),
+        "MAILROUTER_RELAY_TIMEOUT": "5",
+        "MAILROUTER_HOSTNAME": "client.test",
+    }
+
+
+async def retry(project: Path, port: int) -> Result:
+    """``mailrouter queue retry`` in a thread, so that a sink keeps serving on this loop."""
+    return await asyncio.to_thread(
+        invoke, "queue", "retry", "--config", config(project), **relay_env(port)
+    )
+
+
+async def test_queue_retry_delivers_a_deferred_entry_before_it_is_due(project: Path) -> None:
+    message = mail("alice@example.org", ["bob@example.com", "carol@example.com"])
+    replies = dict.fromkeys(message.recipients, Outcome("deferred", "451 4.3.0 Try later"))
+    await store(project, message, replies)  # next attempt: a minute from now
+    sink = Sink()
+    async with sink_server(sink) as port:
+        result = await retry(project, port)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "outbox entries tried: 1; recipients: 2 delivered, 0 deferred again, 0 failed\n"
+    )
+    [got] = sink.received
+    assert (got.sender, got.recipients) == ("alice@example.org", message.recipients)
+    assert got.data == message.data
+    outbox = outbox_of(project)
+    assert outbox.queue is not None and outbox.failed is not None
+    assert len(outbox.queue) == 0 and len(outbox.failed) == 0
+
+
+async def test_queue_retry_defers_again_and_gives_up_after_the_expiry(project: Path) -> None:
+    now = time.time()
+    fresh = await store(
+        project,
+        mail(recipients=["bob@example.com"]),
+        {"bob@example.com": Outcome("deferred", "451 4.3.0 Try later")},
+    )
+    # First tried longer ago than the expiry, but not due for half an hour yet.
+    policy = RetryPolicy()
+    old = Schedule(20, now - policy.expire - 1, 0)
+    expired = await store(
+        project,
+        mail(recipients=["old@example.com"]),
+        {"old@example.com": Outcome("deferred", "451 4.3.0 Try later")},
+        schedule=old,
+        now=now - policy.maximum / 2,
+    )
+    sink = Sink()
+    sink.mail_reply = "451 4.3.0 Still busy"
+    async with sink_server(sink) as port:
+        result = await retry(project, port)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "outbox entries tried: 2; recipients: 0 delivered, 1 deferred again, 1 failed\n"
+    )
+    assert sink.received == []
+    outbox = outbox_of(project)
+    assert outbox.queue is not None and outbox.failed is not None
+    [again] = outbox.queue.keys()
+    assert again not in (fresh, expired)
+    entry = outbox.queue.read(again)
+    assert entry.message.recipients == ["bob@example.com"]
+    schedule, reply = Schedule.decode(entry.reasons["bob@example.com"], 0)
+    assert schedule.attempts == 2 and "Still busy" in reply
+    assert schedule.next == pytest.approx(time.time() + policy.delay(2), abs=5)
+    [gave_up] = outbox.failed.keys()
+    failed = outbox.failed.read(gave_up)
+    assert failed.message.recipients == ["old@example.com"]
+    assert failed.reasons["old@example.com"].startswith("gave up after 22 attempts: ")
+
+
+def test_queue_retry_while_a_pass_runs_is_one_line(project: Path) -> None:
+    key = asyncio.run(
+        store(project, mail(), {"someone@example.com": Outcome("deferred", "451 Later")})
+    )
+    outbox = outbox_of(project).queue
+    assert outbox is not None
+    before = outbox.read(key).reasons
+    closed = socket.socket()  # bound, never listening: no mail could go anywhere
+    closed.bind(("127.0.0.1", 0))
+    fd = os.open(Path(outbox.path) / "retry.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = invoke(
+            "queue", "retry", "--config", config(project), **relay_env(closed.getsockname()[1])
+        )
+    finally:
+        os.close(fd)
+        closed.close()
+    assert_one_line_error(result, "in the middle of a retry pass", "try again")
+    assert outbox.keys() == [key]
+    assert outbox.read(key).reasons == before
+
+
+def test_queue_retry_with_an_empty_outbox(project: Path) -> None:
+    queue_of(project).push(mail())  # the undeliverable queue is not the outbox
+    result = invoke("queue", "retry", "--config", config(project), **relay_env(9))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "the outbox is empty\n"
     assert len(queue_of(project)) == 1
 
 

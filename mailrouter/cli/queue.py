@@ -1,76 +1,150 @@
-"""``mailrouter queue``: inspect, remove and replay the messages in the undeliverable queue."""
+"""``mailrouter queue``: the undeliverable queue and the relay's outbox and failed maildir.
+
+``list``, ``show``, ``count``, ``remove`` and ``clear`` work on any of the three (``--box``);
+``replay`` routes the undeliverable queue into the handlers again; ``retry`` makes one relay pass
+over the whole outbox now.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from email.utils import format_datetime
+from typing import Literal, get_args
 
 import click
 
 from .. import daemon
+from ..config import ENV_PREFIX
 from ..errors import MailRouterError, StoreError
 from ..message import MailRequest
-from ..queue import Queue
+from ..outbox import Schedule, schedule_of
+from ..queue import Queue, QueueEntry
 from ..routing import Router
-from .common import config_option, configure_logging, open_router, project_settings, table
+from .common import F, config_option, configure_logging, open_router, project_settings, table
 
 # Replays of more messages than this show a progress bar.
 PROGRESS_THRESHOLD = 20
 
+BoxName = Literal["undeliverable", "outbox", "failed"]
+LABELS: dict[BoxName, str] = {
+    "undeliverable": "the undeliverable queue",
+    "outbox": "the outbox",
+    "failed": "the failed maildir",
+}
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+ENVELOPE_HEADER = ("KEY", "DATE", "SENDER", "RECIPIENTS")
+
+
+@dataclass(frozen=True)
+class Box:
+    """One of the maildirs the commands work on, with the name messages give it."""
+
+    name: BoxName
+    label: str
+    queue: Queue
+
+    def missing(self, key: str) -> MailRouterError:
+        """The error for a key that is not in this box."""
+        return MailRouterError(f"no message {key!r} in {self.label}")
+
 
 @click.group()
 def queue() -> None:
-    """Inspect and replay the undeliverable queue."""
+    """Inspect the undeliverable queue, the outbox and the failed maildir; replay, retry."""
 
 
-def _open_queue(config: str) -> Queue:
-    """The undeliverable queue of the project."""
+def box_option(func: F) -> F:
+    """The ``--box`` option: which maildir a command works on."""
+    return click.option(
+        "--box",
+        type=click.Choice(get_args(BoxName)),
+        default="undeliverable",
+        show_default=True,
+        envvar=f"{ENV_PREFIX}QUEUE_BOX",
+        show_envvar=True,
+        help="The undeliverable queue, the relay's outbox, or its failed maildir.",
+    )(func)
+
+
+def _open_box(config: str, name: BoxName) -> Box:
+    """The project's maildir called ``name``."""
     settings = project_settings(config)
-    return Queue(settings.path(settings.undeliverable))
+    paths = {
+        "undeliverable": settings.undeliverable,
+        "outbox": settings.outbox,
+        "failed": settings.failed,
+    }
+    return Box(name, LABELS[name], Queue(settings.path(paths[name])))
 
 
-def _not_queued(key: str) -> MailRouterError:
-    return MailRouterError(f"no message {key!r} in the undeliverable queue")
+def _local(when: datetime | float) -> str:
+    """``when`` (a datetime or epoch seconds) in local time, as the tables show it."""
+    moment = when if isinstance(when, datetime) else datetime.fromtimestamp(when)
+    return moment.astimezone().strftime(TIME_FORMAT)
+
+
+def _joined(texts: Iterable[str]) -> str:
+    """Distinct ``texts`` in order, on one line."""
+    return "; ".join(dict.fromkeys(texts))
+
+
+def _replies(entry: QueueEntry) -> dict[str, tuple[Schedule, str]]:
+    """Each recipient of an outbox entry with its retry schedule and the last reply."""
+    queued_at = entry.queued_at.timestamp()
+    return {rcpt: Schedule.decode(reason, queued_at) for rcpt, reason in entry.reasons.items()}
+
+
+def _row(box: Box, entry: QueueEntry) -> tuple[str, ...]:
+    """The ``list`` line of an entry: envelope, then its reasons or (outbox) its schedule."""
+    envelope = (
+        entry.key,
+        _local(entry.queued_at),
+        entry.message.sender or "<>",
+        ", ".join(entry.message.recipients),
+    )
+    if box.name != "outbox":
+        return (*envelope, _joined(entry.reasons.values()))
+    schedule = schedule_of(entry)
+    last = _joined(reply for _, reply in _replies(entry).values())
+    return (*envelope, str(schedule.attempts), _local(schedule.next), last)
 
 
 @queue.command("list")
 @config_option
-def queue_list(config: str) -> None:
-    """List the queued messages, oldest first."""
-    store = _open_queue(config)
-    keys, rows = store.keys(), []
-    for key in keys:
+@box_option
+def queue_list(config: str, box: BoxName) -> None:
+    """List the messages in a box, oldest first."""
+    where = _open_box(config, box)
+    extra = ("ATTEMPTS", "NEXT", "LAST REPLY") if box == "outbox" else ("REASON",)
+    header = (*ENVELOPE_HEADER, *extra)
+    rows: list[tuple[str, ...]] = []
+    for key in where.queue.keys():  # noqa: SIM118 (a Queue is not a mapping)
         try:
-            entry = store.read(key)
+            entry = where.queue.read(key)
         except KeyError:
             continue  # removed meanwhile
         except MailRouterError as exc:
-            rows.append((key, "?", "?", "?", f"unreadable: {exc}"))
+            rows.append((key, *["?"] * (len(header) - 2), f"unreadable: {exc}"))
             continue
-        rows.append(
-            (
-                key,
-                entry.queued_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-                entry.message.sender or "<>",
-                ", ".join(entry.message.recipients),
-                "; ".join(dict.fromkeys(entry.reasons.values())),
-            )
-        )
-    header = ("KEY", "DATE", "SENDER", "RECIPIENTS", "REASON")
-    click.echo(table(header, rows) if rows else "the undeliverable queue is empty")
+        rows.append(_row(where, entry))
+    click.echo(table(header, rows) if rows else f"{where.label} is empty")
 
 
 @queue.command("show")
 @config_option
+@box_option
 @click.argument("key")
-def queue_show(config: str, key: str) -> None:
-    """Show one queued message: its envelope and reasons, then the message as received."""
+def queue_show(config: str, box: BoxName, key: str) -> None:
+    """Show one message: its envelope and reasons, then the message as received."""
+    where = _open_box(config, box)
     try:
-        entry = _open_queue(config).read(key)
+        entry = where.queue.read(key)
     except KeyError:
-        raise _not_queued(key) from None
+        raise where.missing(key) from None
     peer = entry.message.peer
     lines = [
         f"Key:       {entry.key}",
@@ -78,46 +152,81 @@ def queue_show(config: str, key: str) -> None:
         f"Sender:    <{entry.message.sender}>",
         f"Peer:      {' '.join(map(str, peer)) if isinstance(peer, tuple) else peer or '-'}",
     ]
-    lines += [f"Recipient: {rcpt}: {reason}" for rcpt, reason in entry.reasons.items()]
+    if box == "outbox":
+        lines += [
+            f"Recipient: {rcpt}: attempts {schedule.attempts}, next {_local(schedule.next)}, "
+            f"last reply {reply}"
+            for rcpt, (schedule, reply) in _replies(entry).items()
+        ]
+    else:
+        lines += [f"Recipient: {rcpt}: {reason}" for rcpt, reason in entry.reasons.items()]
     click.echo("\n".join(lines) + "\n")
     click.echo(entry.data, nl=False)
 
 
 @queue.command("count")
 @config_option
-def queue_count(config: str) -> None:
-    """Print how many messages are queued."""
-    click.echo(len(_open_queue(config)))
+@box_option
+def queue_count(config: str, box: BoxName) -> None:
+    """Print how many messages are in a box."""
+    click.echo(len(_open_box(config, box).queue))
 
 
 @queue.command("remove")
 @config_option
+@box_option
 @click.argument("keys", nargs=-1, required=True, metavar="KEY...")
-def queue_remove(config: str, keys: tuple[str, ...]) -> None:
-    """Delete queued messages by key."""
-    store = _open_queue(config)
+def queue_remove(config: str, box: BoxName, keys: tuple[str, ...]) -> None:
+    """Delete messages from a box by key."""
+    where = _open_box(config, box)
     for key in keys:
         try:
-            store.remove(key)
+            where.queue.remove(key)
         except KeyError:
-            raise _not_queued(key) from None
+            raise where.missing(key) from None
         click.echo(f"removed {key}")
 
 
 @queue.command("clear")
 @config_option
+@box_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def queue_clear(config: str, yes: bool) -> None:
-    """Delete every queued message."""
-    store = _open_queue(config)
-    count = len(store)
+def queue_clear(config: str, box: BoxName, yes: bool) -> None:
+    """Delete every message in a box."""
+    where = _open_box(config, box)
+    count = len(where.queue)
     if not count:
-        click.echo("the undeliverable queue is empty")
+        click.echo(f"{where.label} is empty")
         return
     if not yes:
-        click.confirm(f"Delete all {count} queued messages?", abort=True)
-    store.clear()
+        click.confirm(f"Delete all {count} messages in {where.label}?", abort=True)
+    where.queue.clear()
     click.echo(f"removed {count} messages")
+
+
+@queue.command("retry")
+@config_option
+def queue_retry(config: str) -> None:
+    """Try every outbox entry once now, due or not, through the configured relay."""
+    from .. import relay as outgoing  # aiosmtplib and dnspython: only for this command
+
+    settings = project_settings(config)
+    relay = outgoing.from_settings(settings)
+    outbox = relay.outbox.queue
+    if outbox is None or not len(outbox):
+        click.echo(f"{LABELS['outbox']} is empty")
+        return
+    configure_logging(settings, to_file=True)
+    report = asyncio.run(relay.retry_once(ignore_schedule=True))
+    if report.busy:
+        raise MailRouterError(
+            "another process (the running server?) is in the middle of a retry pass over "
+            f"{outbox.path}: try again in a moment"
+        )
+    click.echo(
+        f"outbox entries tried: {report.entries}; recipients: {report.delivered} delivered, "
+        f"{report.deferred} deferred again, {report.failed} failed"
+    )
 
 
 @queue.command("replay")
@@ -128,7 +237,7 @@ def queue_replay(config: str) -> None:
     store = Queue(settings.path(settings.undeliverable))
     keys = store.keys()
     if not keys:
-        click.echo("the undeliverable queue is empty")
+        click.echo(f"{LABELS['undeliverable']} is empty")
         return
     configure_logging(settings, to_file=True)
     with contextlib.ExitStack() as stack:
