@@ -16,6 +16,7 @@ import json
 import os
 import select
 import signal
+import smtplib
 import socket
 import sqlite3
 import subprocess
@@ -637,6 +638,66 @@ def test_server_down_is_a_store_error_then_recovers(server_shared: Shared) -> No
             with store.lock("k", "s"):
                 assert store.get("k", "s") == "BACK"
         assert reconnected < 10
+    finally:
+        proxy.stop()
+
+
+COUNTING = """
+from mailrouter import route, route_like
+
+@route("count@(host)")
+def START(message, host=None):
+    return NEXT
+
+@route_like(START)
+def NEXT(message, host=None):
+    return START
+"""
+
+
+def _smtp_reply(port: int) -> tuple[int, bytes]:
+    """Send one message to ``count@example.com``; the reply to its DATA."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=WAIT) as client:
+        client.ehlo()
+        client.mail("joe@x.org")
+        client.rcpt("count@example.com")
+        return client.data(b"Subject: count\r\n\r\nx\r\n")
+
+
+async def test_smtp_answers_451_while_the_store_is_down_then_250(
+    server_shared: Shared, tmp_path: Path, make_module: Callable[..., str]
+) -> None:
+    """Over SMTP: the store's server goes away, the MTA is told to retry; it comes back, mail
+    is accepted again on the same running server, with the state kept."""
+    from helpers import running
+
+    proxy = Proxy(SERVERS[server_shared.kind])
+    proxy.start()
+    short = (
+        {"socket_timeout": 2, "socket_connect_timeout": 2}
+        if server_shared.kind == "redis"
+        else {"timeout": 0.5, "lock_wait": 0.5}
+    )
+    url = server_shared.url(proxy.address, **short)
+    try:
+        app = make_module(COUNTING)
+        async with running(tmp_path, app, state_url=url) as server:
+            assert (await asyncio.to_thread(_smtp_reply, server.port))[0] == 250
+            with closing(server_shared.open()) as store:
+                assert store.get(app, "joe@x.org") == "NEXT"
+            proxy.stop()
+            code, text = await asyncio.to_thread(_smtp_reply, server.port)
+            assert (code, text[:6]) == (451, b"4.3.0 ")
+            proxy.start()
+            deadline = time.monotonic() + 30
+            while (reply := await asyncio.to_thread(_smtp_reply, server.port))[0] != 250:
+                assert reply[0] == 451, reply
+                assert time.monotonic() < deadline, "the server did not reconnect to the store"
+                await asyncio.sleep(0.1)
+            assert not list((tmp_path / "run" / "undeliverable" / "new").glob("*"))
+        with closing(server_shared.open()) as store:
+            # two messages accepted, two transitions (START -> NEXT -> START); a 451 moved nothing
+            assert store.get(app, "joe@x.org") == START
     finally:
         proxy.stop()
 
