@@ -1,8 +1,9 @@
 """SMTP load benchmark: mailrouter against a bare aiosmtpd sink (and Salmon, Haraka), side by side.
 
 Starts each server as its own process (pinned to CPU 0 when ``taskset`` exists), drives it from
-this process (pinned to CPU 1) with C concurrent connections each sending M messages of S bytes
-(EHLO first, as every MTA does; connection c sends message i from sender (c + i) % 16),
+this process (pinned to CPU 1) with C connections in flight at all times, each sending M messages
+of S bytes before the next takes its place (EHLO first, as every MTA does; session c sends message
+i from sender (c + i) % N, N = 16 unless ``--senders``),
 alternates the targets round by round, and prints msg/s, p50/p99 latency, server CPU per message
 and the ratio to the sink. Loopback only; stops by itself. The servers are in ``targets.py``.
 
@@ -16,6 +17,10 @@ Scenarios (``--scenario``):
   is drained. Goal: key / global >= 10.
 - ``memory``: 32 connections each send one 10 MiB message; the server's peak RSS (VmHWM).
   Goal: peak <= 3 x the bytes in flight + 60 MiB.
+- ``workers``: a handler that spends about 2.5 ms of pure-Python CPU per message (holding the
+  GIL, as a spam score or a template would), stateless and stateful on ``sqlite://``, with
+  ``workers = 1`` and ``workers = 2`` and 4 executor threads; nothing pinned, so the workers
+  have both cores. Goal: 2 / 1 >= 1.7.
 - ``startup``: ``mailrouter start`` on a copy of the repo's config/ and handlers_example/, to
   its ready line, 5 times. Goal: < 1 s.
 
@@ -46,6 +51,7 @@ from targets import Server, Spec
 HOST = "127.0.0.1"  # the only target this tool ever connects to
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
+SENDERS = 16  # distinct envelope senders; --senders
 
 
 @dataclass
@@ -93,7 +99,7 @@ async def connection(
     await reply()
     for i in range(messages):
         start = time.perf_counter()
-        writer.write(b"MAIL FROM:<sender%d@x.org>\r\n" % ((index + i) % 16))
+        writer.write(b"MAIL FROM:<sender%d@x.org>\r\n" % ((index + i) % SENDERS))
         await reply()
         writer.write(b"RCPT TO:<bench@example.com>\r\n")
         await reply()
@@ -117,16 +123,17 @@ def cpu_seconds(pid: int) -> float:
 async def send(
     ports: list[int], connections: int, per: int, total: int, data: bytes
 ) -> list[float]:
-    """Send ``total`` messages in batches of ``connections`` concurrent sessions, spread over
+    """Send ``total`` messages over ``connections`` sessions kept in flight at once (each a
+    new connection after ``per`` messages, as an MTA's parallel deliveries do), spread over
     ``ports`` in turn; the latencies."""
     latencies: list[float] = []
-    for _ in range(total // (connections * per)):
-        await asyncio.gather(
-            *(
-                connection(ports[c % len(ports)], c, per, data, latencies)
-                for c in range(connections)
-            )
-        )
+    sessions = iter(range(total // per))
+
+    async def slot() -> None:
+        for number in sessions:
+            await connection(ports[number % len(ports)], number, per, data, latencies)
+
+    await asyncio.gather(*(slot() for _ in range(connections)))
     return latencies
 
 
@@ -246,6 +253,34 @@ def slow(args: argparse.Namespace, folder: Path) -> None:
     print(f"ratio key / global: {ratio:.1f} (goal >= 10: {verdict(ratio >= 10)})")
 
 
+def workers(args: argparse.Namespace, folder: Path) -> None:
+    """A CPU-bound handler on one worker process, then on two: stateless, and stateful on one
+    shared SQLite file."""
+    targets.OPTIONS.pin = False
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    kinds = {"stateless": targets.CPU_STATELESS, "stateful": targets.CPU_HANDLER}
+    specs = [
+        targets.mailrouter(
+            folder,
+            f"{kind} workers={count}",
+            handler,
+            workers=count,
+            executor_threads=4,
+            state_url=f"sqlite:///{folder}/{kind}-{count}.db",
+        )
+        for kind, handler in kinds.items()
+        for count in (1, 2)
+    ]
+    best = run_rounds(specs, args, message(args.size))
+    print(f"handler: ~2.5 ms of CPU; sqlite://; {args.connections} connections, {SENDERS} senders")
+    print(f"{'mailrouter':20} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, r in best.items():
+        print(f"{name:20} {r.rate:8,.0f} {r.percentile(0.5):8.2f} {r.percentile(0.99):8.2f}")
+    for kind in kinds:
+        ratio = best[f"{kind} workers=2"].rate / best[f"{kind} workers=1"].rate
+        print(f"{kind}: speed-up 1 -> 2 workers {ratio:.2f} (goal >= 1.7: {verdict(ratio >= 1.7)})")
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -289,8 +324,14 @@ def startup(args: argparse.Namespace, folder: Path) -> None:
     print(f"min {best:.3f} s, median {median:.3f} s (goal < 1 s: {verdict(median < 1)})")
 
 
-SCENARIOS = {"throughput": throughput, "slow": slow, "memory": memory, "startup": startup}
-DEFAULT_MESSAGES = {"throughput": 4800, "slow": 800}
+SCENARIOS = {
+    "throughput": throughput,
+    "slow": slow,
+    "workers": workers,
+    "memory": memory,
+    "startup": startup,
+}
+DEFAULT_MESSAGES = {"throughput": 4800, "slow": 800, "workers": 2400}
 
 
 def parse_args() -> argparse.Namespace:
@@ -299,9 +340,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--per-connection", type=int, default=10)
     parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--messages", type=int, help="per target and round (4800; slow: 800)")
+    parser.add_argument("--senders", type=int, default=16, help="distinct envelope senders")
+    parser.add_argument(
+        "--messages", type=int, help="per target and round (4800; slow: 800; workers: 2400)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=1, help="mailrouter worker processes")
+    parser.add_argument("--workers", type=int, help="mailrouter worker processes (1)")
     parser.add_argument("--state-url", default="", help="mailrouter's state store")
     parser.add_argument("--salmon", metavar="PYTHON", help="a python with salmon-mail installed")
     parser.add_argument("--haraka", metavar="DIR", help="a folder with node_modules/Haraka")
@@ -314,12 +358,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
+    global SENDERS
     args = parse_args()
+    SENDERS = args.senders
     options = targets.OPTIONS
     options.pin = options.pin and not args.no_pin
     if args.profile:
         options.profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())]
-    options.extra = ["--workers", str(args.workers)]
+    options.extra = ["--workers", str(args.workers)] if args.workers else []
     options.extra += ["--state-url", args.state_url] if args.state_url else []
     if options.pin:
         os.sched_setaffinity(0, {1})
