@@ -29,6 +29,7 @@ from .routing import Router
 from .session import LMTPSession, SMTPSession
 from .spool import Spool
 from .state import open_store
+from .wire import HookListing
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -85,7 +86,7 @@ def _hops(header: bytes) -> int:
     return sum(1 for line in header.split(b"\n") if line[:9].lower() == b"received:")
 
 
-class Handler:
+class Handler(HookListing):
     """The aiosmtpd event handler: records the envelope and hands each message to the router."""
 
     def __init__(self, settings: Settings, router: Router) -> None:

@@ -11,11 +11,15 @@ generated input) in far fewer steps:
   and a client that never stops sending is held to the size limit, not to its memory.
 - ``simple_path`` recognises the common path, ``<local@domain>`` in plain ASCII dot-atoms, and
   leaves every other form to the email package's parser.
+- ``HookListing`` makes ``dir()`` of a session and of its handler list only the hooks, once per
+  class: aiosmtpd's ``__init__`` looks for them with ``dir()`` and ``inspect.getmembers()`` on
+  every new connection, and full listings were most of the cost of accepting one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 
 from aiosmtpd.smtp import MISSING, SMTP
@@ -108,7 +112,20 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None) -> byt
     return data.replace(b"\r\n.", _CRLF)
 
 
-class FastSMTP(SMTP):
+@functools.cache
+def _hook_names(cls: type) -> list[str]:
+    """The attributes of ``cls`` that aiosmtpd's ``SMTP.__init__`` looks for by their prefix."""
+    return sorted(name for name in dir(cls) if name.startswith(("smtp_", "auth_", "handle_")))
+
+
+class HookListing:
+    """A session or handler whose ``dir()`` is just its commands, AUTH mechanisms and hooks."""
+
+    def __dir__(self) -> list[str]:
+        return _hook_names(type(self))
+
+
+class FastSMTP(HookListing, SMTP):
     """aiosmtpd's SMTP session with ``read_data`` for DATA and ``simple_path`` for paths."""
 
     async def smtp_DATA(self, arg: str) -> None:

@@ -221,3 +221,29 @@ def test_simple_paths_parse_as_aiosmtpd_parses_them(arg: str) -> None:
 )
 def test_simple_path_takes_only_the_plain_form(arg: str, parsed: tuple[str, str] | None) -> None:
     assert simple_path(arg) == parsed
+
+
+@pytest.mark.parametrize("protocol", ["smtp", "lmtp"])
+async def test_hook_listing_gives_aiosmtpd_the_tables_a_full_listing_gives(
+    tmp_path: Any, protocol: str
+) -> None:
+    """A session's commands, AUTH mechanisms and handler hooks are found as without the
+    shortened ``dir()``."""
+    from mailrouter.config import Settings
+    from mailrouter.server import Server, build_router
+
+    settings = Settings(port=0, handlers=(), protocol=protocol, config_dir=str(tmp_path))
+    router = build_router(settings)
+    try:
+        session = Server(settings, router)._session()
+    finally:
+        router.close()
+
+    def everything(obj: object, prefix: str) -> set[str]:
+        names = object.__dir__(obj)
+        return {name.removeprefix(prefix) for name in names if name.startswith(prefix)}
+
+    assert set(session._smtp_methods) == everything(session, "smtp_")
+    assert set(session._handle_hooks) == everything(session.event_handler, "handle_")
+    assert set(session._auth_methods) == everything(session, "auth_") >= {"PLAIN", "LOGIN"}
+    assert {"DATA", "MAIL", "RCPT"} <= set(session._handle_hooks)
