@@ -19,8 +19,8 @@ generated input) in far fewer steps:
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
+from typing import Any, ClassVar
 
 from aiosmtpd.smtp import MISSING, SMTP
 
@@ -30,6 +30,7 @@ DATA_LINE_LIMIT = SMTP.line_length_limit
 LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 TOO_MUCH_DATA = "552 Error: Too much mail data"
 
+_HOOK_PREFIXES = ("smtp_", "auth_", "handle_")
 _END = b".\r\n"
 _CRLF = b"\r\n"
 _GROWTH_CHECK = 1024 * 1024  # without a size limit: look for an endless line this often
@@ -112,17 +113,18 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None) -> byt
     return data.replace(b"\r\n.", _CRLF)
 
 
-@functools.cache
-def _hook_names(cls: type) -> list[str]:
-    """The attributes of ``cls`` that aiosmtpd's ``SMTP.__init__`` looks for by their prefix."""
-    return sorted(name for name in dir(cls) if name.startswith(("smtp_", "auth_", "handle_")))
-
-
 class HookListing:
-    """A session or handler whose ``dir()`` is just its commands, AUTH mechanisms and hooks."""
+    """A session or handler whose ``dir()`` is just its commands, AUTH mechanisms and hooks: the
+    attributes aiosmtpd's ``SMTP.__init__`` looks for by their prefix, listed once per class."""
+
+    _hooks: ClassVar[list[str]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._hooks = sorted(name for name in dir(cls) if name.startswith(_HOOK_PREFIXES))
 
     def __dir__(self) -> list[str]:
-        return _hook_names(type(self))
+        return self._hooks
 
 
 class FastSMTP(HookListing, SMTP):
