@@ -604,42 +604,53 @@ class Proxy:
             sock.close()
 
 
-def test_server_down_is_a_store_error_then_recovers(server_shared: Shared) -> None:
+@pytest.fixture
+def proxy(server_shared: Shared) -> Iterator[Proxy]:
+    """A forwarder to the store's server that the test can stop and start again."""
     proxy = Proxy(SERVERS[server_shared.kind])
     proxy.start()
-    short = (
-        {"socket_timeout": 2, "socket_connect_timeout": 2}
-        if server_shared.kind == "redis"
-        else {"timeout": 0.5, "lock_wait": 0.5}
-    )
     try:
-        with closing(open_store(server_shared.url(proxy.address, **short))) as store:
-            store.set("k", "s", "KEPT")
-            proxy.stop()
-            for call in (
-                lambda: store.get("k", "s"),
-                lambda: store.set("k", "s", "X"),
-                lambda: store.lock("k", "s").__enter__(),
-            ):
-                with pytest.raises(StoreError):
-                    call()
-            proxy.start()
-            deadline = time.monotonic() + 30
-            while True:  # the first calls may still fail while it reconnects
-                try:
-                    with store.lock("k", "s"):
-                        assert store.get("k", "s") == "KEPT"
-                    break
-                except StoreError:
-                    assert time.monotonic() < deadline, "the store did not reconnect"
-                    time.sleep(0.1)
-            reconnected = time.monotonic() - deadline + 30
-            store.set("k", "s", "BACK")
-            with store.lock("k", "s"):
-                assert store.get("k", "s") == "BACK"
-        assert reconnected < 10
+        yield proxy
     finally:
         proxy.stop()
+
+
+def through(shared: Shared, proxy: Proxy) -> str:
+    """The store's URL through ``proxy``, with timeouts short enough for a test."""
+    short = (
+        {"socket_timeout": 2, "socket_connect_timeout": 2}
+        if shared.kind == "redis"
+        else {"timeout": 0.5, "lock_wait": 0.5}
+    )
+    return shared.url(proxy.address, **short)
+
+
+def test_server_down_is_a_store_error_then_recovers(server_shared: Shared, proxy: Proxy) -> None:
+    with closing(open_store(through(server_shared, proxy))) as store:
+        store.set("k", "s", "KEPT")
+        proxy.stop()
+        for call in (
+            lambda: store.get("k", "s"),
+            lambda: store.set("k", "s", "X"),
+            lambda: store.lock("k", "s").__enter__(),
+        ):
+            with pytest.raises(StoreError):
+                call()
+        proxy.start()
+        deadline = time.monotonic() + 30
+        while True:  # the first calls may still fail while it reconnects
+            try:
+                with store.lock("k", "s"):
+                    assert store.get("k", "s") == "KEPT"
+                break
+            except StoreError:
+                assert time.monotonic() < deadline, "the store did not reconnect"
+                time.sleep(0.1)
+        reconnected = time.monotonic() - deadline + 30
+        store.set("k", "s", "BACK")
+        with store.lock("k", "s"):
+            assert store.get("k", "s") == "BACK"
+    assert reconnected < 10
 
 
 COUNTING = """
@@ -665,41 +676,30 @@ def _smtp_reply(port: int) -> tuple[int, bytes]:
 
 
 async def test_smtp_answers_451_while_the_store_is_down_then_250(
-    server_shared: Shared, tmp_path: Path, make_module: Callable[..., str]
+    server_shared: Shared, proxy: Proxy, tmp_path: Path, make_module: Callable[..., str]
 ) -> None:
     """Over SMTP: the store's server goes away, the MTA is told to retry; it comes back, mail
     is accepted again on the same running server, with the state kept."""
     from helpers import running
 
-    proxy = Proxy(SERVERS[server_shared.kind])
-    proxy.start()
-    short = (
-        {"socket_timeout": 2, "socket_connect_timeout": 2}
-        if server_shared.kind == "redis"
-        else {"timeout": 0.5, "lock_wait": 0.5}
-    )
-    url = server_shared.url(proxy.address, **short)
-    try:
-        app = make_module(COUNTING)
-        async with running(tmp_path, app, state_url=url) as server:
-            assert (await asyncio.to_thread(_smtp_reply, server.port))[0] == 250
-            with closing(server_shared.open()) as store:
-                assert store.get(app, "joe@x.org") == "NEXT"
-            proxy.stop()
-            code, text = await asyncio.to_thread(_smtp_reply, server.port)
-            assert (code, text[:6]) == (451, b"4.3.0 ")
-            proxy.start()
-            deadline = time.monotonic() + 30
-            while (reply := await asyncio.to_thread(_smtp_reply, server.port))[0] != 250:
-                assert reply[0] == 451, reply
-                assert time.monotonic() < deadline, "the server did not reconnect to the store"
-                await asyncio.sleep(0.1)
-            assert not list((tmp_path / "run" / "undeliverable" / "new").glob("*"))
+    app = make_module(COUNTING)
+    async with running(tmp_path, app, state_url=through(server_shared, proxy)) as server:
+        assert (await asyncio.to_thread(_smtp_reply, server.port))[0] == 250
         with closing(server_shared.open()) as store:
-            # two messages accepted, two transitions (START -> NEXT -> START); a 451 moved nothing
-            assert store.get(app, "joe@x.org") == START
-    finally:
+            assert store.get(app, "joe@x.org") == "NEXT"
         proxy.stop()
+        code, text = await asyncio.to_thread(_smtp_reply, server.port)
+        assert (code, text[:6]) == (451, b"4.3.0 ")
+        proxy.start()
+        deadline = time.monotonic() + 30
+        while (reply := await asyncio.to_thread(_smtp_reply, server.port))[0] != 250:
+            assert reply[0] == 451, reply
+            assert time.monotonic() < deadline, "the server did not reconnect to the store"
+            await asyncio.sleep(0.1)
+        assert not list((tmp_path / "run" / "undeliverable" / "new").glob("*"))
+    with closing(server_shared.open()) as store:
+        # two messages accepted, two transitions (START -> NEXT -> START); a 451 moved nothing
+        assert store.get(app, "joe@x.org") == START
 
 
 def test_unreachable_server_fails_open(tmp_path: Path) -> None:
