@@ -275,7 +275,8 @@ def workers(args: argparse.Namespace, folder: Path) -> None:
         for count in (1, 2)
     ]
     best = run_rounds(specs, args, message(args.size))
-    print(f"handler: ~2.5 ms of CPU; sqlite://; {args.connections} connections, {SENDERS} senders")
+    store = args.state_url or "sqlite://"
+    print(f"handler: ~2.5 ms of CPU; {store}; {args.connections} connections, {SENDERS} senders")
     print(f"{'mailrouter':20} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for name, r in best.items():
         print(f"{name:20} {r.rate:8,.0f} {r.percentile(0.5):8.2f} {r.percentile(0.99):8.2f}")
