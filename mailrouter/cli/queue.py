@@ -44,8 +44,12 @@ class Box:
     """One of the maildirs the commands work on, with the name messages give it."""
 
     name: BoxName
-    label: str
     queue: Queue
+
+    @property
+    def label(self) -> str:
+        """How messages name this box: "the outbox", ..."""
+        return LABELS[self.name]
 
     def missing(self, key: str) -> MailRouterError:
         """The error for a key that is not in this box."""
@@ -78,7 +82,7 @@ def _open_box(config: str, name: BoxName) -> Box:
         "outbox": settings.outbox,
         "failed": settings.failed,
     }
-    return Box(name, LABELS[name], Queue(settings.path(paths[name])))
+    return Box(name, Queue(settings.path(paths[name])))
 
 
 def _local(when: datetime | float) -> str:
