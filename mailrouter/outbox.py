@@ -239,11 +239,17 @@ def _message_id(data: bytes) -> str:
     return " ".join(str(header.get("Message-ID", "")).split())
 
 
+def replies_of(entry: QueueEntry) -> dict[str, tuple[Schedule, str]]:
+    """Each recipient of an outbox entry with its retry schedule and the last reply."""
+    queued_at = entry.queued_at.timestamp()
+    return {rcpt: Schedule.decode(reason, queued_at) for rcpt, reason in entry.reasons.items()}
+
+
 def schedule_of(entry: QueueEntry) -> Schedule:
     """The entry's schedule: the earliest next attempt among its recipients' reason lines."""
-    queued_at = entry.queued_at.timestamp()
-    schedules = [Schedule.decode(reason, queued_at)[0] for reason in entry.reasons.values()]
+    schedules = [schedule for schedule, _ in replies_of(entry).values()]
     if not schedules:
+        queued_at = entry.queued_at.timestamp()
         return Schedule(0, queued_at, queued_at)
     return min(schedules, key=lambda schedule: schedule.next)
 

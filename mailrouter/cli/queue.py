@@ -21,7 +21,7 @@ from .. import daemon
 from ..config import ENV_PREFIX
 from ..errors import MailRouterError, StoreError
 from ..message import MailRequest
-from ..outbox import Schedule, schedule_of
+from ..outbox import replies_of, schedule_of
 from ..queue import Queue, QueueEntry
 from ..routing import Router
 from .common import F, config_option, configure_logging, open_router, project_settings, table
@@ -96,12 +96,6 @@ def _joined(texts: Iterable[str]) -> str:
     return "; ".join(dict.fromkeys(texts))
 
 
-def _replies(entry: QueueEntry) -> dict[str, tuple[Schedule, str]]:
-    """Each recipient of an outbox entry with its retry schedule and the last reply."""
-    queued_at = entry.queued_at.timestamp()
-    return {rcpt: Schedule.decode(reason, queued_at) for rcpt, reason in entry.reasons.items()}
-
-
 def _row(box: Box, entry: QueueEntry) -> tuple[str, ...]:
     """The ``list`` line of an entry: envelope, then its reasons or (outbox) its schedule."""
     envelope = (
@@ -113,7 +107,7 @@ def _row(box: Box, entry: QueueEntry) -> tuple[str, ...]:
     if box.name != "outbox":
         return (*envelope, _joined(entry.reasons.values()))
     schedule = schedule_of(entry)
-    last = _joined(reply for _, reply in _replies(entry).values())
+    last = _joined(reply for _, reply in replies_of(entry).values())
     return (*envelope, str(schedule.attempts), _local(schedule.next), last)
 
 
@@ -160,7 +154,7 @@ def queue_show(config: str, box: BoxName, key: str) -> None:
         lines += [
             f"Recipient: {rcpt}: attempts {schedule.attempts}, next {_local(schedule.next)}, "
             f"last reply {reply}"
-            for rcpt, (schedule, reply) in _replies(entry).items()
+            for rcpt, (schedule, reply) in replies_of(entry).items()
         ]
     else:
         lines += [f"Recipient: {rcpt}: {reason}" for rcpt, reason in entry.reasons.items()]
