@@ -4,6 +4,7 @@
 - ``handlers_example.mailinglist``: a mailing list with confirmed subscriptions.
 
 ``maildir``, ``lists`` and ``listmail`` are their helpers (storage, membership, the mail a list
-sends through ``mailrouter.relay``), not handler modules. Relative paths in their settings are
-relative to the working directory, which ``mailrouter start`` sets to the project folder.
+sends through ``mailrouter.outbound.sender``), not handler modules. Relative paths in their
+settings are relative to the working directory, which ``mailrouter start`` sets to the project
+folder.
 """

@@ -1,4 +1,4 @@
-"""What a mailing list sends, through ``mailrouter.relay``: answers to commands, copies of posts.
+"""What a mailing list sends through ``mailrouter.outbound.sender``: answers, copies of posts.
 
 Answers are automatic replies (``reply``: threaded, ``Auto-Submitted: auto-replied``) to the
 envelope sender, the address that joins or leaves. Copies of a post carry the list headers
@@ -12,7 +12,8 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Literal
 
-from mailrouter import MailRequest, relay, reply
+from mailrouter import MailRequest, reply
+from mailrouter.outbound import sender as relay
 
 Answer = Literal["confirm", "welcome", "already", "goodbye"]
 

@@ -9,7 +9,7 @@ For a list NAME at the host (the router's ``host`` default):
 - ``NAME-unsubscribe@host`` leaves the list (or cancels a pending subscription).
 - ``NAME-bounces@host``, the envelope sender of all the list's mail, takes the bounces: logged.
 
-Answers and copies of posts go out through ``mailrouter.relay`` (see ``listmail.py``).
+Answers and copies of posts go out through ``mailrouter.outbound.sender`` (see ``listmail.py``).
 
 States: START -> CONFIRMING -> POSTING -> START, kept per list by ``list_state_key``, so one
 sender can be a member of one list and confirming another. The list file (``lists.py``) is the
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from mailrouter import MailRequest, SMTPError, route, route_like, state_key_generator, stateless
 from mailrouter.message import normalize_address
-from mailrouter.response import is_automatic
+from mailrouter.outbound.response import is_automatic
 
 from . import listmail, lists
 

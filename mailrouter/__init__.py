@@ -6,13 +6,19 @@ Handler modules declare routes with the decorators; a ``Router`` loads them and 
 
 from __future__ import annotations
 
-from .delivery import DeliveryResult, Reply
-from .errors import MailRouterError, SMTPError
-from .message import MailRequest
-from .response import MailResponse, reply
-from .routes import nolocking, route, route_like, state_key_generator, stateless
-from .routing import Router
-from .state import ERROR, START, StateStorage
+from mailrouter.errors import MailRouterError, SMTPError
+from mailrouter.message import MailRequest
+from mailrouter.outbound.response import MailResponse, reply
+from mailrouter.routing.decorators import (
+    nolocking,
+    route,
+    route_like,
+    state_key_generator,
+    stateless,
+)
+from mailrouter.routing.result import DeliveryResult, Reply
+from mailrouter.routing.router import Router
+from mailrouter.state import ERROR, START, StateStorage
 
 __version__ = "0.1.0"
 

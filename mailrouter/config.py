@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from .errors import MailRouterError
+from mailrouter.errors import MailRouterError
 
 CONFIG_FILE = "mailrouter.toml"
 HANDLERS_DIR = "handlers"

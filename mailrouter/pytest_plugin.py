@@ -1,6 +1,6 @@
 """pytest fixtures for handler tests, registered as the ``mailrouter`` plugin.
 
-``outbox``: outgoing mail captured in memory (``mailrouter.relay`` points at it);
+``outbox``: outgoing mail captured in memory (``mailrouter.outbound.sender`` points at it);
 ``router``: a fresh Router with a memory store; ``conversation``: both, as one sender.
 """
 
@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from . import relay
-from .routing import Router
-from .state import MemoryStorage
-from .testing import Conversation, Outbox
+from mailrouter.outbound import sender as relay
+from mailrouter.routing.router import Router
+from mailrouter.state import MemoryStorage
+from mailrouter.testing import Conversation, Outbox
 
 
 @pytest.fixture

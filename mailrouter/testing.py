@@ -19,10 +19,10 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from .delivery import DeliveryResult
-from .message import MailRequest
-from .relay import Sendable, SendResult, prepare
-from .routing import Router
+from mailrouter.message import MailRequest
+from mailrouter.outbound.sender import Sendable, SendResult, prepare
+from mailrouter.routing.result import DeliveryResult
+from mailrouter.routing.router import Router
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Sent:
 
 
 class Outbox:
-    """Captures what handlers send through ``mailrouter.relay`` instead of delivering it."""
+    """Captures what handlers send through the relay (``outbound.sender``) instead of sending it."""
 
     def __init__(self) -> None:
         self.sent: list[Sent] = []

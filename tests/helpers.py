@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP
 
 from mailrouter import MailRequest
 from mailrouter.config import Settings
-from mailrouter.server import Server, build_router
+from mailrouter.runtime.server import Server, build_router
 
 _counter = itertools.count()
 

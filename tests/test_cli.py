@@ -29,7 +29,7 @@ from mailrouter.cli import queue as queue_cli
 from mailrouter.cli import server as server_cli
 from mailrouter.config import FIELDS, Settings, load_settings
 from mailrouter.message import MailRequest
-from mailrouter.outbox import Outbox, Outcome, RetryPolicy, Schedule
+from mailrouter.outbound.outbox import Outbox, Outcome, RetryPolicy, Schedule
 from mailrouter.queue import Queue
 from mailrouter.state import ShelveStorage
 
@@ -175,7 +175,7 @@ def captured_run(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
         assert pid_file.read_text() == f"{os.getpid()}\n"
         assert Path(f"{pid_file}.address").read_text() == "127.0.0.1:2525\n"
 
-    monkeypatch.setattr("mailrouter.server.run", fake_run)
+    monkeypatch.setattr("mailrouter.runtime.server.run", fake_run)
     return calls
 
 

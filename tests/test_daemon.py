@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from mailrouter import daemon
 from mailrouter.config import Settings, load_settings
 from mailrouter.errors import MailRouterError
+from mailrouter.runtime import daemon
 
 READY = re.compile(r"mailrouter running on (127\.0\.0\.1):(\d+) \(pid (\d+)\)")
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -121,7 +121,9 @@ def test_start_status_send_stop(project: Project) -> None:
     assert smtp_send(port, "hello@localhost") == {}
     log = project.folder / "logs" / "mailrouter.log"
     wait_for(lambda: "hello from a@example.org" in log.read_text())
-    assert re.search(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO +mailrouter\.server: ", log.read_text(), re.M)
+    assert re.search(
+        r"^\d{4}-\d\d-\d\d [\d:,]+ INFO +mailrouter\.runtime\.server: ", log.read_text(), re.M
+    )
 
     stopped = project.run("stop")
     assert stopped.returncode == 0, stopped.stderr
@@ -143,7 +145,7 @@ def test_json_logs_in_the_log_file(project: Project) -> None:
     lines = (project.folder / "logs" / "mailrouter.log").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert records[0]["message"].startswith("mailrouter ready on 127.0.0.1:")
-    (delivery,) = [r for r in records if r["logger"] == "mailrouter.delivery"]
+    (delivery,) = [r for r in records if r["logger"] == "mailrouter.routing.result"]
     assert delivery["level"] == "INFO" and delivery["outcome"] == "accepted"
     assert delivery["recipients"] == ["hello@localhost"]
     assert delivery["handlers"] == ["handlers.hello.START"]
@@ -223,7 +225,7 @@ def test_foreground_exits_0_on_sigterm(project: Project) -> None:
                 server.communicate()
     assert server.returncode == 0, errors
     assert "Traceback" not in errors
-    assert "INFO    mailrouter.server: mailrouter stopped" in errors
+    assert "INFO    mailrouter.runtime.server: mailrouter stopped" in errors
     assert not project.pid_file.exists()
 
 
@@ -305,7 +307,7 @@ def test_drop_privileges_switches_user_and_group(tmp_path: Path) -> None:
     code = (
         "import os, sys\n"
         "from mailrouter.config import Settings\n"
-        "from mailrouter.daemon import drop_privileges\n"
+        "from mailrouter.runtime.daemon import drop_privileges\n"
         "drop_privileges(Settings(user='nobody', group='nogroup', config_dir=sys.argv[1]))\n"
         "print(os.getuid(), os.getgid(), os.getgroups())\n"
     )

@@ -26,7 +26,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from mailrouter.config import Settings
-from mailrouter.server import Server, build_router
+from mailrouter.runtime.server import Server, build_router
 
 T = TypeVar("T")
 

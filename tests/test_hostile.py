@@ -24,7 +24,7 @@ from test_server import running
 
 from mailrouter import MailRequest
 from mailrouter.queue import Queue
-from mailrouter.server import Server
+from mailrouter.runtime.server import Server
 
 APP = """
 import asyncio

@@ -82,7 +82,7 @@ async def logged(tmp_path: Path, app: str, rcpts: list[str], **overrides: Any) -
 def deliveries(lines: list[str]) -> dict[str, dict[str, Any]]:
     """The delivery records among JSON log lines, by recipient."""
     records = [json.loads(line) for line in lines]
-    return {r["recipients"][0]: r for r in records if r["logger"] == "mailrouter.delivery"}
+    return {r["recipients"][0]: r for r in records if r["logger"] == "mailrouter.routing.result"}
 
 
 async def test_json_logs_one_record_per_message(tmp_path: Path, app: str) -> None:
@@ -116,16 +116,16 @@ async def test_json_logs_one_record_per_message(tmp_path: Path, app: str) -> Non
     assert boom["outcome"] == "queued"
 
     failure = next(json.loads(line) for line in lines if "failed for" in line)
-    assert failure["level"] == "ERROR" and failure["logger"] == "mailrouter.routing"
+    assert failure["level"] == "ERROR" and failure["logger"] == "mailrouter.routing.router"
     assert "RuntimeError: handler bug" in failure["exception"]
 
 
 async def test_text_logs_keep_the_record_at_debug(tmp_path: Path, app: str) -> None:
     lines = await logged(tmp_path, app, ["ok@example.com"])
-    assert not any("mailrouter.delivery" in line for line in lines)
+    assert not any("mailrouter.routing.result" in line for line in lines)
     (tmp_path / "server.log").unlink()
     lines = await logged(tmp_path, app, ["ok@example.com"], log_level="DEBUG")
-    (line,) = [line for line in lines if "mailrouter.delivery" in line]
+    (line,) = [line for line in lines if "mailrouter.routing.result" in line]
     assert " DEBUG " in line and "from 'a@x.org' to ['ok@example.com']: 250 2.0.0" in line
 
 

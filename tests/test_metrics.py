@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailrouter.config import ConfigError, Settings, load_settings
 from mailrouter.errors import MailRouterError
-from mailrouter.server import Server
-from mailrouter.workers import check_workers
+from mailrouter.runtime.server import Server
+from mailrouter.runtime.workers import check_workers
 
 APP = """
 from mailrouter import SMTPError, route, stateless
@@ -162,7 +162,7 @@ async def test_a_taken_metrics_port_fails_the_start(tmp_path: Path, app: str) ->
 async def test_metrics_without_prometheus_client_is_a_clear_error(
     tmp_path: Path, app: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "mailrouter.metrics", None)
+    monkeypatch.setitem(sys.modules, "mailrouter.runtime.metrics", None)
     with pytest.raises(MailRouterError, match=r"pip install 'mailrouter\[metrics\]'"):
         async with running(tmp_path, app, metrics_port=9):
             pass

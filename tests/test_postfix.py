@@ -27,7 +27,7 @@ from postfix import (
 )
 
 from mailrouter.config import Settings
-from mailrouter.server import Server, build_router
+from mailrouter.runtime.server import Server, build_router
 
 APP = """
 from mailrouter import route, stateless, SMTPError

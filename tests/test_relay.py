@@ -20,12 +20,12 @@ import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from helpers import Sink, sink_server
 
-from mailrouter import relay as relay_module
 from mailrouter.message import MailRequest
-from mailrouter.outbox import RetryPolicy, Schedule
+from mailrouter.outbound import sender as relay_module
+from mailrouter.outbound.outbox import RetryPolicy, Schedule
+from mailrouter.outbound.response import MailResponse
+from mailrouter.outbound.sender import DeliveryError, Relay, RelayError, ResolveError, resolve_mx
 from mailrouter.queue import Queue
-from mailrouter.relay import DeliveryError, Relay, RelayError, ResolveError, resolve_mx
-from mailrouter.response import MailResponse
 
 LATER = 10_000.0  # seconds: "now" for a retry pass that finds every entry due
 
@@ -455,7 +455,7 @@ async def test_run_retries_until_stopped(tmp_path: Path, sink: Sink) -> None:
 
 
 async def test_one_retry_pass_at_a_time(tmp_path: Path, closed_port: socket.socket) -> None:
-    from mailrouter.outbox import _try_lock
+    from mailrouter.outbound.outbox import _try_lock
 
     relay = make_relay(tmp_path, closed_port.getsockname()[1])
     await relay.send_async(response())

@@ -11,7 +11,7 @@ import pytest
 
 from mailrouter.errors import MailRouterError
 from mailrouter.message import MailRequest
-from mailrouter.response import (
+from mailrouter.outbound.response import (
     HeaderInjectionError,
     MailResponse,
     is_automatic,

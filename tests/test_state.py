@@ -24,9 +24,9 @@ from mailrouter.state import (
     MemoryStorage,
     ShelveStorage,
     StateStorage,
-    _KeyedLocks,
     open_store,
 )
+from mailrouter.state.base import KeyedLocks
 
 WAIT = 10.0  # generous deadline for anything that should happen promptly
 
@@ -213,7 +213,7 @@ def test_store_as_context_manager(tmp_path: Path) -> None:
 
 
 def test_keyed_locks_forget_released_entries() -> None:
-    locks = _KeyedLocks()
+    locks = KeyedLocks()
     for i in range(100):
         with locks.hold("k", f"s{i}"):
             assert len(locks._entries) == 1
@@ -221,7 +221,7 @@ def test_keyed_locks_forget_released_entries() -> None:
 
 
 def test_keyed_locks_keep_entry_while_someone_waits() -> None:
-    locks = _KeyedLocks()
+    locks = KeyedLocks()
     waiting = locks.hold("k", "s")
     with locks.hold("k", "s"):
         thread, errors = run_thread(lambda: waiting.__enter__())

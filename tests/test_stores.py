@@ -35,9 +35,9 @@ import redis
 
 from mailrouter.errors import StoreError
 from mailrouter.state import START, StateStorage, open_store
-from mailrouter.stores.postgres import PostgresStorage
-from mailrouter.stores.redis import RedisStorage
-from mailrouter.stores.sqlite import SqliteStorage
+from mailrouter.state.postgres import PostgresStorage
+from mailrouter.state.redis import RedisStorage
+from mailrouter.state.sqlite import SqliteStorage
 
 WAIT = 10.0
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -817,7 +817,7 @@ def test_sqlite_closing_one_store_keeps_the_locks_of_another(tmp_path: Path) -> 
 
 def test_sqlite_colliding_pairs_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two pairs hashed to one byte exclude each other: a process's lock would not."""
-    monkeypatch.setattr("mailrouter.stores.sqlite._slot", lambda key, sender: 7)
+    monkeypatch.setattr("mailrouter.state.sqlite._slot", lambda key, sender: 7)
     with closing(open_store(f"sqlite://{tmp_path / 'state.db'}?lock_wait=0.2")) as store:
         with store.lock("k", "ann@x.org"), pytest.raises(StoreError, match="gave up"):
             store.lock("k", "bob@x.org").__enter__()
@@ -1057,7 +1057,7 @@ def test_missing_extra_is_named(
     monkeypatch: pytest.MonkeyPatch, scheme: str, module: str, extra: str
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)
-    monkeypatch.delitem(sys.modules, f"mailrouter.stores.{extra}", raising=False)
+    monkeypatch.delitem(sys.modules, f"mailrouter.state.{extra}", raising=False)
     with pytest.raises(StoreError, match=rf"mailrouter\[{extra}\]"):
         open_store(f"{scheme}://127.0.0.1/0")
 

@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 import pytest
 
-from mailrouter import relay
+from mailrouter.outbound import sender as relay
 from mailrouter.testing import Conversation, Outbox
 
 ECHO = """
-from mailrouter import relay, reply, route
+from mailrouter import reply, route
+from mailrouter.outbound import sender as relay
 
 @route("echo@(host)", host="example\\\\.com")
 def START(message, host=None):

@@ -1,4 +1,4 @@
-"""Templates for responses: ``render`` and ``respond`` from ``mailrouter.views`` (Jinja2)."""
+"""Templates for responses: ``render`` and ``respond`` from ``mailrouter.outbound.templates``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mailrouter import MailResponse, MailRouterError, views
+from mailrouter import MailResponse, MailRouterError
 from mailrouter.config import Settings, load_settings
-from mailrouter.response import HeaderInjectionError
-from mailrouter.server import serve
+from mailrouter.outbound import templates as views
+from mailrouter.outbound.response import HeaderInjectionError
+from mailrouter.runtime.server import serve
 from mailrouter.testing import Conversation
 
 TEXT = "Hello {{ name }} <{{ address }}>,\nwelcome to {{ list }}.\n"
@@ -198,8 +199,9 @@ async def test_the_server_loads_templates_from_the_setting(tmp_path: Path) -> No
 
 
 WELCOME = """
-from mailrouter import relay, route
-from mailrouter.views import respond
+from mailrouter import route
+from mailrouter.outbound import sender as relay
+from mailrouter.outbound.templates import respond
 
 @route("welcome@(host)", host="example\\\\.com")
 def START(message, host=None):

@@ -14,7 +14,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mailrouter.wire import LINE_TOO_LONG, TOO_MUCH_DATA, FastSMTP, read_data, simple_path
+from mailrouter.inbound.wire import LINE_TOO_LONG, TOO_MUCH_DATA, FastSMTP, read_data, simple_path
 
 
 class Recorder:
@@ -230,7 +230,7 @@ async def test_hook_listing_gives_aiosmtpd_the_tables_a_full_listing_gives(
     """A session's commands, AUTH mechanisms and handler hooks are found as without the
     shortened ``dir()``."""
     from mailrouter.config import Settings
-    from mailrouter.server import Server, build_router
+    from mailrouter.runtime.server import Server, build_router
 
     settings = Settings(port=0, handlers=(), protocol=protocol, config_dir=str(tmp_path))
     router = build_router(settings)

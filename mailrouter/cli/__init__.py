@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from .. import __version__
-from ..errors import MailRouterError
-from . import gen, queue, routes, send, server, sink
-from .common import describe_os_error
+from mailrouter import __version__
+from mailrouter.cli import gen, queue, routes, send, server, sink
+from mailrouter.cli.common import describe_os_error
+from mailrouter.errors import MailRouterError
 
 __all__ = ["main"]
 

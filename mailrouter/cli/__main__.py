@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import main
+from mailrouter.cli import main
 
 main(prog_name="mailrouter")

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import click
 
-from ..config import ENV_PREFIX, FIELDS, Settings, load_settings
-from ..errors import MailRouterError
-from ..routing import Router
+from mailrouter.config import ENV_PREFIX, FIELDS, Settings, load_settings
+from mailrouter.errors import MailRouterError
+from mailrouter.routing.router import Router
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,7 +44,7 @@ SETTING_HELP = {
     "executor_threads": "Threads that run plain (non-async) handlers and state store calls.",
     "state_url": "Where senders' states are kept: shelve://PATH or memory://.",
     "undeliverable": "Maildir queue of messages no handler took.",
-    "templates": "Folder of the templates that mailrouter.views renders.",
+    "templates": "Folder of the templates that mailrouter.outbound.templates renders.",
     "pid_file": "Pid file of the running server.",
     "log_file": "Log file of the server when it runs in the background.",
     "log_level": "Least important log messages written.",
@@ -100,7 +100,7 @@ def project_settings(config: str, overrides: dict[str, Any] | None = None) -> Se
 @contextlib.contextmanager
 def open_router(settings: Settings, *, readonly: bool) -> Iterator[Router]:
     """A router built from the settings, closed (store and executor) afterwards."""
-    from ..server import build_router
+    from mailrouter.runtime.server import build_router
 
     router = build_router(settings, readonly=readonly)
     try:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from ..config import Settings
-from ..errors import MailRouterError
-from .common import CLI_SETTINGS, setting_help
+from mailrouter.cli.common import CLI_SETTINGS, setting_help
+from mailrouter.config import Settings
+from mailrouter.errors import MailRouterError
 
 GITIGNORE = "/run/\n/logs/\n__pycache__/\n"
 

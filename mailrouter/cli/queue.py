@@ -17,14 +17,21 @@ from typing import Literal, get_args
 
 import click
 
-from .. import daemon
-from ..config import ENV_PREFIX
-from ..errors import MailRouterError, StoreError
-from ..message import MailRequest
-from ..outbox import replies_of, schedule_of
-from ..queue import Queue, QueueEntry
-from ..routing import Router
-from .common import F, config_option, configure_logging, open_router, project_settings, table
+from mailrouter.cli.common import (
+    F,
+    config_option,
+    configure_logging,
+    open_router,
+    project_settings,
+    table,
+)
+from mailrouter.config import ENV_PREFIX
+from mailrouter.errors import MailRouterError, StoreError
+from mailrouter.message import MailRequest
+from mailrouter.outbound.outbox import replies_of, schedule_of
+from mailrouter.queue import Queue, QueueEntry
+from mailrouter.routing.router import Router
+from mailrouter.runtime import daemon
 
 # Replays of more messages than this show a progress bar.
 PROGRESS_THRESHOLD = 20
@@ -206,7 +213,9 @@ def queue_clear(config: str, box: BoxName, yes: bool) -> None:
 @config_option
 def queue_retry(config: str) -> None:
     """Try every outbox entry once now, due or not, through the configured relay."""
-    from .. import relay as outgoing  # aiosmtplib and dnspython: only for this command
+    from mailrouter.outbound import (
+        sender as outgoing,  # aiosmtplib and dnspython: only for this command
+    )
 
     settings = project_settings(config)
     relay = outgoing.from_settings(settings)

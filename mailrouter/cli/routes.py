@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import config_option, open_router, project_settings, table
+from mailrouter.cli.common import config_option, open_router, project_settings, table
 
 
 @click.command()

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import click
 
-from ..config import ENV_PREFIX
-from ..errors import MailRouterError
-from .common import F, describe_os_error
+from mailrouter.cli.common import F, describe_os_error
+from mailrouter.config import ENV_PREFIX
+from mailrouter.errors import MailRouterError
 
 
 def _client_options(func: F) -> F:

@@ -8,9 +8,7 @@ from typing import Any, get_args, get_type_hints
 
 import click
 
-from .. import daemon
-from ..config import ENV_PREFIX, Settings
-from .common import (
+from mailrouter.cli.common import (
     CLI_SETTINGS,
     F,
     config_option,
@@ -18,6 +16,8 @@ from .common import (
     project_settings,
     setting_help,
 )
+from mailrouter.config import ENV_PREFIX, Settings
+from mailrouter.runtime import daemon
 
 _TYPES = get_type_hints(Settings)
 
@@ -58,7 +58,7 @@ def start(config: str, foreground: bool, **overrides: Any) -> None:
     if overrides.get("handlers") == ():
         overrides["handlers"] = None
     settings = project_settings(config, overrides)
-    from ..server import run
+    from mailrouter.runtime.server import run
 
     if foreground:
         daemon.ensure_not_running(settings)

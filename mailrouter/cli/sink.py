@@ -14,8 +14,8 @@ from typing import Any
 import click
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from ..message import MailRequest
-from ..queue import Queue
+from mailrouter.message import MailRequest
+from mailrouter.queue import Queue
 
 
 class _Keeper:

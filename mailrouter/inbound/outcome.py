@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from .delivery import DeliveryResult
-from .message import MailRequest, Peer
+from mailrouter.message import MailRequest, Peer
+from mailrouter.routing.result import DeliveryResult
 
-log = logging.getLogger("mailrouter.delivery")
+log = logging.getLogger("mailrouter.routing.result")
 
 
 @dataclass(frozen=True, slots=True)

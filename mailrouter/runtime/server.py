@@ -17,22 +17,22 @@ from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
-from . import relay as outgoing
-from . import views
-from .config import Settings, handler_modules
-from .delivery import DeliveryResult
-from .errors import MailRouterError, QueueError, QueueFullError, Status
-from .message import MailRequest
-from .observe import DeliveryRecord, Observer, delivery_log
-from .queue import Queue
-from .routing import Router
-from .session import LMTPSession, SMTPSession
-from .spool import Spool
-from .state import open_store
-from .wire import HookListing
+from mailrouter.config import Settings, handler_modules
+from mailrouter.errors import MailRouterError, QueueError, QueueFullError, Status
+from mailrouter.inbound.outcome import DeliveryRecord, Observer, delivery_log
+from mailrouter.inbound.smtp import LMTPSession, SMTPSession
+from mailrouter.inbound.spool import Spool
+from mailrouter.inbound.wire import HookListing
+from mailrouter.message import MailRequest
+from mailrouter.outbound import sender as outgoing
+from mailrouter.outbound import templates as views
+from mailrouter.queue import Queue
+from mailrouter.routing.result import DeliveryResult
+from mailrouter.routing.router import Router
+from mailrouter.state import open_store
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from mailrouter.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ class Server:
     def serve_metrics(self, port: int) -> Metrics:
         """Serve Prometheus metrics on ``metrics_host:port`` (0: a free port) until ``stop``."""
         try:
-            from .metrics import Metrics
+            from mailrouter.runtime.metrics import Metrics
         except ImportError as exc:
             raise MailRouterError(
                 "metrics need prometheus-client: pip install 'mailrouter[metrics]'"
@@ -358,7 +358,7 @@ class Server:
 
 async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Run a server for ``settings`` until SIGTERM or SIGINT; SIGHUP reloads the handlers."""
-    from .daemon import drop_privileges
+    from mailrouter.runtime.daemon import drop_privileges
 
     loop = asyncio.get_running_loop()
     router = build_router(settings)
@@ -412,7 +412,7 @@ def _reload(router: Router, settings: Settings) -> None:
 def run(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve ``settings`` until stopped by a signal: in this process, or in ``workers``."""
     if settings.workers > 1:
-        from .workers import run_workers
+        from mailrouter.runtime.workers import run_workers
 
         run_workers(settings, on_ready)
     else:

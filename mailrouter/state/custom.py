@@ -15,7 +15,7 @@ from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from mailrouter.errors import StoreError
-from mailrouter.state import StateStorage
+from mailrouter.state.base import StateStorage
 
 _NAME = r"[^\W\d]\w*(?:\.[^\W\d]\w*)*"
 _SPEC = re.compile(rf"(?P<module>{_NAME}):(?P<attr>{_NAME})(?:\?(?P<query>.*))?", re.DOTALL)

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .config import Settings
-from .errors import MailRouterError
+from mailrouter.config import Settings
+from mailrouter.errors import MailRouterError
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mailrouter.errors import StoreError
-from mailrouter.state import START
-from mailrouter.stores._common import Leases, SharedStore, StoreURL, new_token
+from mailrouter.state.base import START
+from mailrouter.state.shared import Leases, SharedStore, StoreURL, new_token
 
 log = logging.getLogger(__name__)
 

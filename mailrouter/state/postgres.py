@@ -43,8 +43,8 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from mailrouter.errors import StoreError
-from mailrouter.state import START
-from mailrouter.stores._common import SharedStore, StoreURL, from_text, to_text
+from mailrouter.state.base import START
+from mailrouter.state.shared import SharedStore, StoreURL, from_text, to_text
 
 log = logging.getLogger(__name__)
 

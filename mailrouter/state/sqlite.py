@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mailrouter.errors import StoreError
-from mailrouter.state import START
-from mailrouter.stores._common import SharedStore, StoreURL, from_text, to_text
+from mailrouter.state.base import START
+from mailrouter.state.shared import SharedStore, StoreURL, from_text, to_text
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
 
-from .delivery import DeliveryResult, Outcome, reply_for
-from .errors import LoadError, QueueError, SMTPError
-from .locks import KeyedAsyncLocks, held_in_executor
-from .message import MailRequest, normalize_address
-from .queue import Queue
-from .routes import Handler, Route, RouteTable, build_table
-from .state import ERROR, MemoryStorage, StateStorage
+from mailrouter.errors import LoadError, QueueError, SMTPError
+from mailrouter.message import MailRequest, normalize_address
+from mailrouter.queue import Queue
+from mailrouter.routing.decorators import Handler, Route, RouteTable, build_table
+from mailrouter.routing.locks import KeyedAsyncLocks, held_in_executor
+from mailrouter.routing.result import DeliveryResult, Outcome, reply_for
+from mailrouter.state import ERROR, MemoryStorage, StateStorage
 
 log = logging.getLogger(__name__)
 

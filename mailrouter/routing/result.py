@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import QueueError, QueueFullError, SMTPError, Status
+from mailrouter.errors import QueueError, QueueFullError, SMTPError, Status
 
 if TYPE_CHECKING:
-    from .routes import Handler
+    from mailrouter.routing.decorators import Handler
 
 
 @dataclass(frozen=True)

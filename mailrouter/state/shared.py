@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mailrouter.errors import StoreError
-from mailrouter.state import _Closable, _KeyedLocks
+from mailrouter.state.base import Closable, KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def new_token() -> str:
 # -- the shared base ----------------------------------------------------------------------------
 
 
-class SharedStore(_Closable, ABC, Generic[H]):
+class SharedStore(Closable, ABC, Generic[H]):
     """A store whose ``lock()`` holds across processes.
 
     Threads of one process queue on an in-process keyed lock first, so only one of them at a
@@ -145,7 +145,7 @@ class SharedStore(_Closable, ABC, Generic[H]):
         self.readonly = readonly
         self.lock_wait = lock_wait
         self._shown = shown
-        self._local = _KeyedLocks()
+        self._local = KeyedLocks()
         self._closing = threading.Event()
 
     def __repr__(self) -> str:

@@ -26,9 +26,9 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Literal
 
-from .errors import QueueError
-from .message import MailRequest
-from .queue import Queue, QueueEntry
+from mailrouter.errors import QueueError
+from mailrouter.message import MailRequest
+from mailrouter.queue import Queue, QueueEntry
 
 log = logging.getLogger(__name__)
 

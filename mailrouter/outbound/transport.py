@@ -18,8 +18,8 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from .errors import MailRouterError
-from .outbox import Outcome, Status, clean_reply
+from mailrouter.errors import MailRouterError
+from mailrouter.outbound.outbox import Outcome, Status, clean_reply
 
 HostList = Sequence[tuple[str, int]]
 Resolver = Callable[[str], Awaitable[HostList] | HostList]

@@ -13,8 +13,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from .errors import MailRouterError
-from .observe import DeliveryRecord
+from mailrouter.errors import MailRouterError
+from mailrouter.inbound.outcome import DeliveryRecord
 
 # Seconds from the end of DATA to the reply: fast handlers up to handler_timeout's default.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)

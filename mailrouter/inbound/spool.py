@@ -15,10 +15,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .errors import QueueError
-from .message import MailRequest
-from .queue import Queue
-from .routing import Router
+from mailrouter.errors import QueueError
+from mailrouter.message import MailRequest
+from mailrouter.queue import Queue
+from mailrouter.routing.router import Router
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
-from .config import Settings
-from .errors import MailRouterError
-from .state import open_store
+from mailrouter.config import Settings
+from mailrouter.errors import MailRouterError
+from mailrouter.state import open_store
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _spawn(settings: Settings, number: int, ready_write: int) -> int:
     status = 1
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        from .server import run_in_process
+        from mailrouter.runtime.server import run_in_process
 
         def ready(_: str) -> None:
             os.write(ready_write, b"r")

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.lmtp import LMTP
 
-from .wire import FastSMTP
+from mailrouter.inbound.wire import FastSMTP
 
 if TYPE_CHECKING:
-    from .server import Server
+    from mailrouter.runtime.server import Server
 
 # Enhanced status codes (RFC 3463) for the replies aiosmtpd sends without one.
 _ENHANCED_BY_CODE = {

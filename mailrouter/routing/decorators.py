@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
 
-from .errors import RouteError
+from mailrouter.errors import RouteError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

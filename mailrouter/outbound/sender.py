@@ -1,0 +1,350 @@
+"""Outgoing delivery: hand messages to a smarthost, or straight to each recipient domain's MX.
+
+Handlers write ``from mailrouter import relay`` and then ``relay.send(response)`` (a plain
+handler runs in an executor thread) or ``await relay.send_async(response)``: the module-level
+functions use the ``Relay`` the server installed with ``configure()``. A ``Relay`` makes each
+attempt with its ``Transport`` (see ``transport.py``); mail that cannot be delivered now waits in
+the outbox (see ``outbox.py``) and is retried by ``run_retries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email import policy
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.utils import formatdate, getaddresses, make_msgid
+from typing import Any, Literal, Protocol
+
+from mailrouter.config import Settings
+from mailrouter.message import MailRequest
+from mailrouter.outbound.outbox import Outbox, Outcome, RetryPolicy, RetryReport
+from mailrouter.outbound.response import MailResponse, ace_address
+from mailrouter.outbound.transport import RelayError, ResolveError, Resolver, Transport, resolve_mx
+
+log = logging.getLogger(__name__)
+
+Sendable = MailResponse | Message | MailRequest
+
+__all__ = [
+    "DeliveryError",
+    "Relay",
+    "RelayError",
+    "ResolveError",
+    "RetryPolicy",
+    "RetryReport",
+    "SendResult",
+    "configure",
+    "current",
+    "from_settings",
+    "resolve_mx",
+    "send",
+    "send_async",
+]
+
+
+class DeliveryError(RelayError):
+    """Raised by ``send(..., check=True)`` when a recipient was refused or not queued."""
+
+    def __init__(self, result: SendResult) -> None:
+        self.result = result
+        problems = {**result.failed, **result.deferred}
+        super().__init__(f"{result.message_id or 'message'} not delivered: {problems}")
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What ``send`` did for each recipient, and where the undelivered part was kept."""
+
+    message_id: str
+    sender: str
+    delivered: tuple[str, ...] = ()
+    deferred: Mapping[str, str] = field(default_factory=dict)
+    failed: Mapping[str, str] = field(default_factory=dict)
+    outbox_key: str | None = None
+    failed_key: str | None = None
+
+    @property
+    def status(self) -> Literal["delivered", "deferred", "failed"]:
+        """The worst outcome: ``failed`` if any recipient failed, else ``deferred`` if any waits."""
+        return "failed" if self.failed else "deferred" if self.deferred else "delivered"
+
+    @property
+    def ok(self) -> bool:
+        """True when no recipient failed and every deferred one is safely in the outbox."""
+        return not self.failed and (not self.deferred or self.outbox_key is not None)
+
+
+class Relay:
+    """Sends mail with a ``Transport`` and keeps what it could not deliver in an ``Outbox``.
+
+    ``host`` is the smarthost (None: each recipient domain's MX); it and the other connection
+    options go to ``self.transport``. ``outbox`` and ``failed``
+    are the maildirs for deferred and failed mail (None: not kept); ``retry`` their schedule.
+    """
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int = 25,
+        *,
+        starttls: bool | None = None,
+        tls: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30,
+        tls_context: ssl.SSLContext | None = None,
+        outbox: str | os.PathLike[str] | None = None,
+        failed: str | os.PathLike[str] | None = None,
+        resolver: Resolver | None = None,
+        local_hostname: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.transport = Transport(
+            host,
+            port,
+            starttls=starttls,
+            tls=tls,
+            username=username,
+            password=password,
+            timeout=timeout,
+            tls_context=tls_context,
+            resolver=resolver,
+            local_hostname=local_hostname,
+        )
+        self.outbox = Outbox(outbox, failed, retry)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        transport = self.transport
+        target = f"{transport.host}:{transport.port}" if transport.host else "MX"
+        return f"Relay({target})"
+
+    def bind(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Make ``send()`` from other threads run on ``loop`` (default: the running loop)."""
+        self._loop = loop or asyncio.get_running_loop()
+
+    def send(
+        self,
+        msg: Sendable,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        check: bool = False,
+    ) -> SendResult:
+        """``send_async`` for synchronous code: a handler running in an executor thread.
+
+        Runs on the loop the relay is bound to while that loop runs, else on a new loop in this
+        thread. Calling it on an event loop's own thread is an error (it would block the loop).
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RelayError("Relay.send() would block the event loop: await send_async()")
+        work = self.send_async(msg, sender=sender, recipients=recipients, check=check)
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            return asyncio.run_coroutine_threadsafe(work, loop).result()
+        return asyncio.run(work)
+
+    async def send_async(
+        self,
+        msg: Sendable,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        check: bool = False,
+    ) -> SendResult:
+        """Deliver ``msg`` now; keep what cannot be delivered (outbox or failed maildir).
+
+        ``msg`` is a MailResponse, an ``email`` message or a MailRequest (forwarded as is); the
+        envelope comes from it unless ``sender``/``recipients`` are given. Remote refusals are
+        reported in the result, not raised, unless ``check`` is true (DeliveryError).
+        """
+        envelope = await asyncio.to_thread(prepare, msg, sender, recipients)
+        sender, rcpts, data, message_id = envelope
+        outcomes = await self.deliver(sender, rcpts, data)
+        delivered = tuple(r for r, o in outcomes.items() if o.status == "delivered")
+        for rcpt in delivered:
+            log.info("sent %s from %r to %r: %r", message_id, sender, rcpt, outcomes[rcpt].reply)
+        stored = await self.outbox.store(sender, data, outcomes)  # QueueError if it cannot
+        result = SendResult(
+            message_id,
+            sender,
+            delivered,
+            stored.deferred,
+            stored.failed,
+            stored.outbox_key,
+            stored.failed_key,
+        )
+        for rcpt, reason in result.deferred.items():
+            where = "in outbox" if result.outbox_key else "NOT KEPT (no outbox)"
+            log.warning(
+                "deferred %s from %r to %r, %s: %r", message_id, sender, rcpt, where, reason
+            )
+        for rcpt, reason in result.failed.items():
+            log.error("failed %s from %r to %r: %r", message_id, sender, rcpt, reason)
+        if check and not result.ok:
+            raise DeliveryError(result)
+        return result
+
+    async def retry_once(
+        self, now: float | None = None, *, ignore_schedule: bool = False
+    ) -> RetryReport:
+        """One pass over the outbox: retry each entry whose next attempt is due at ``now``
+        (with ``ignore_schedule``, every entry; see ``Outbox.retry_once``)."""
+        return await self.outbox.retry_once(self.deliver, now, ignore_schedule=ignore_schedule)
+
+    async def run_retries(self, stop: asyncio.Event, interval: float = 60.0) -> None:
+        """Retry the outbox until ``stop`` is set: a pass every ``interval`` seconds or sooner
+        when an entry falls due. Also binds the relay to this loop for ``send()``."""
+        self.bind()
+        if self.outbox.queue is not None:
+            await asyncio.to_thread(self.outbox.queue.recover)
+        while not stop.is_set():
+            wait = interval
+            try:
+                report = await self.retry_once()
+            except Exception:
+                log.exception("outbox retry pass failed")
+            else:
+                if report.next_due is not None:
+                    wait = min(interval, max(1.0, report.next_due - time.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+
+    async def deliver(self, sender: str, recipients: list[str], data: bytes) -> dict[str, Outcome]:
+        """One delivery attempt of ``data`` to every recipient; nothing is stored."""
+        return await self.transport.deliver(sender, recipients, data)
+
+
+def prepare(
+    msg: Sendable, sender: str | None, recipients: Sequence[str] | None
+) -> tuple[str, list[str], bytes, str]:
+    """The envelope, wire bytes and Message-ID of ``msg`` (runs in a thread: it may read files)."""
+    if isinstance(msg, MailResponse):
+        sender = msg.envelope_sender if sender is None else sender
+        rcpts = list(msg.recipients if recipients is None else recipients)
+        data, message_id = msg.as_bytes(), msg.message_id
+    elif isinstance(msg, MailRequest):
+        sender = msg.sender if sender is None else sender
+        rcpts = list(msg.recipients if recipients is None else recipients)
+        data = msg.data
+        message_id = BytesHeaderParser(policy=policy.default).parsebytes(data)["Message-ID"] or ""
+    else:
+        if sender is None:
+            heads = msg.get_all("Sender", []) or msg.get_all("From", [])
+            found = getaddresses([str(value) for value in heads])
+            sender = found[0][1] if found else ""
+        if recipients is None:
+            fields = [str(v) for name in ("To", "Cc", "Bcc") for v in msg.get_all(name, [])]
+            recipients = [address for _, address in getaddresses(fields) if address]
+        rcpts = list(recipients)
+        if "Bcc" in msg or "Date" not in msg or "Message-ID" not in msg:
+            msg = copy.deepcopy(msg)
+            del msg["Bcc"]
+            if "Date" not in msg:
+                msg["Date"] = formatdate(localtime=True)
+            if "Message-ID" not in msg:
+                msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "localhost")
+        utf8 = not all(address.isascii() for address in (sender, *rcpts))
+        data = msg.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
+        message_id = str(msg["Message-ID"])
+    if not rcpts:
+        raise ValueError("no recipients to send to")
+    for address in (sender, *rcpts):
+        if any(ch in address for ch in "\r\n<>") or address.strip() != address:
+            raise ValueError(f"invalid envelope address {address!r}")
+    sender = ace_address(sender) if sender else ""
+    return sender, [ace_address(rcpt) for rcpt in rcpts], data, " ".join(message_id.split())
+
+
+class Sender(Protocol):
+    """What handlers send through: a ``Relay``, or the in-memory outbox of the test helpers."""
+
+    def send(
+        self,
+        msg: Sendable,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        check: bool = False,
+    ) -> SendResult: ...
+
+    async def send_async(
+        self,
+        msg: Sendable,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        check: bool = False,
+    ) -> SendResult: ...
+
+
+_current: Sender | None = None
+
+
+def configure(relay: Sender | None) -> Sender | None:
+    """Install ``relay`` as the one the module-level ``send`` functions use; returns the old."""
+    global _current
+    previous, _current = _current, relay
+    return previous
+
+
+def current() -> Sender:
+    """The configured relay; RelayError when the server has not configured one."""
+    if _current is None:
+        raise RelayError(
+            "no relay configured: call mailrouter.outbound.sender.configure(Relay(...))"
+        )
+    return _current
+
+
+def send(
+    msg: Sendable,
+    *,
+    sender: str | None = None,
+    recipients: Sequence[str] | None = None,
+    check: bool = False,
+) -> SendResult:
+    """Send ``msg`` with the configured relay, from synchronous code (see ``Relay.send``)."""
+    return current().send(msg, sender=sender, recipients=recipients, check=check)
+
+
+async def send_async(
+    msg: Sendable,
+    *,
+    sender: str | None = None,
+    recipients: Sequence[str] | None = None,
+    check: bool = False,
+) -> SendResult:
+    """Send ``msg`` with the configured relay (see ``Relay.send_async``)."""
+    return await current().send_async(msg, sender=sender, recipients=recipients, check=check)
+
+
+def from_settings(settings: Settings, **overrides: Any) -> Relay:
+    """A Relay from the ``relay_*``, ``outbox`` and ``failed`` settings."""
+    options: dict[str, Any] = {
+        "host": settings.relay_host or None,
+        "port": settings.relay_port,
+        "starttls": {"auto": None, "require": True, "off": False}[settings.relay_starttls],
+        "tls": settings.relay_tls,
+        "username": settings.relay_username or None,
+        "password": settings.relay_password or None,
+        "timeout": settings.relay_timeout,
+        "outbox": settings.path(settings.outbox),
+        "failed": settings.path(settings.failed),
+        "local_hostname": settings.hostname or None,
+    }
+    options.update(overrides)
+    return Relay(**options)

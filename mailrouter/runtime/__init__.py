@@ -1,0 +1,1 @@
+"""Running the server: startup and shutdown, worker processes, the daemon, metrics."""
