@@ -58,8 +58,11 @@ class Settings:
     mode: Literal["direct", "spool"] = "direct"
     spool: str = "run/spool"
     spool_concurrency: int = 16
+    spool_max_attempts: int = 10
     state_url: str = "shelve://run/state.db"
     undeliverable: str = "run/undeliverable"
+    journal_url: str = "sqlite://run/journal.db"
+    journal_retention_days: float = 30.0
     relay_host: str = ""
     relay_port: int = 25
     relay_starttls: Literal["auto", "require", "off"] = "auto"
@@ -103,10 +106,17 @@ class Settings:
 
     def state_store_url(self) -> str:
         """The state URL with a relative file path (shelve, sqlite) made absolute."""
+        return self._absolute(self.state_url)
+
+    def journal_store_url(self) -> str:
+        """The journal URL with a relative sqlite file path made absolute ("" when off)."""
+        return self._absolute(self.journal_url)
+
+    def _absolute(self, url: str) -> str:
         for scheme in ("shelve://", "sqlite://"):
-            if self.state_url.startswith(scheme) and not self.state_url.startswith(scheme + "/"):
-                return scheme + str(self.path(self.state_url.removeprefix(scheme)))
-        return self.state_url
+            if url.startswith(scheme) and not url.startswith(scheme + "/"):
+                return scheme + str(self.path(url.removeprefix(scheme)))
+        return url
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
