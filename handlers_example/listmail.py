@@ -2,7 +2,8 @@
 
 Answers are automatic replies (``reply``: threaded, ``Auto-Submitted: auto-replied``) to the
 envelope sender, the address that joins or leaves. Copies of a post carry the list headers
-(RFC 2369, RFC 2919). All of it goes out from the list's bounce address ``NAME-bounces@host``.
+(RFC 2369, RFC 2919). All of it goes out from the list's bounce address ``NAME-bounces@host``,
+with ``relay.send``: the relay the server runs with (in tests, the ``outbox`` fixture).
 """
 
 from __future__ import annotations

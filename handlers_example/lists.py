@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .maildir import fsync_dir
+from .maildir import write_durably
 
 #: Where list files live (env ``MAILROUTER_LISTS_DIR``); relative to the working directory.
 LISTS_DIR = Path(os.environ.get("MAILROUTER_LISTS_DIR", "run/lists"))
@@ -118,13 +118,4 @@ def _write(target: Path, text: str) -> None:
     """Replace ``target`` with ``text``: temporary file, fsync, rename, fsync the folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
+    write_durably(fd, Path(tmp), target, (text + "\n").encode("utf-8"))

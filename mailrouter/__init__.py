@@ -9,6 +9,7 @@ from __future__ import annotations
 from mailrouter.errors import MailRouterError, SMTPError
 from mailrouter.message import MailRequest
 from mailrouter.outbound.response import MailResponse, reply
+from mailrouter.replies import Reply
 from mailrouter.routing.decorators import (
     nolocking,
     route,
@@ -16,7 +17,7 @@ from mailrouter.routing.decorators import (
     state_key_generator,
     stateless,
 )
-from mailrouter.routing.result import DeliveryResult, Reply
+from mailrouter.routing.result import DeliveryResult
 from mailrouter.routing.router import Router
 from mailrouter.state import ERROR, START, StateStorage
 

@@ -120,6 +120,7 @@ class Settings:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_AT_LEAST_ONE = {"workers", "spool_concurrency", "spool_max_attempts", "executor_threads"}
 _TYPES = get_type_hints(Settings)
 
 
@@ -209,6 +210,8 @@ def _check(name: str, value: Any, file: Path) -> Any:
         raise ConfigError(f"{where} must be {kind.__name__}, not {type(value).__name__}")
     if kind in (int, float) and value < 0:
         raise ConfigError(f"{where} must not be negative")
+    if name in _AT_LEAST_ONE and value < 1:
+        raise ConfigError(f"{where} must be at least 1")
     return value
 
 

@@ -1,6 +1,6 @@
 """pytest fixtures for handler tests, registered as the ``mailrouter`` plugin.
 
-``outbox``: outgoing mail captured in memory (``mailrouter.outbound.sender`` points at it);
+``outbox``: outgoing mail captured in memory (the relay of ``mailrouter.outbound.sender``);
 ``router``: a fresh Router with a memory store; ``conversation``: both, as one sender.
 """
 
@@ -19,12 +19,8 @@ from mailrouter.testing import Conversation, Outbox
 @pytest.fixture
 def outbox() -> Iterator[Outbox]:
     """Outgoing mail of the handlers, kept in memory instead of relayed."""
-    captured = Outbox()
-    previous = relay.configure(captured)
-    try:
+    with relay.using(Outbox()) as captured:
         yield captured
-    finally:
-        relay.configure(previous)
 
 
 @pytest.fixture

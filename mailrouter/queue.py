@@ -16,7 +16,8 @@ anything else (read back as that string).
 
 Writes follow the maildir rules: create in ``tmp/``, fsync, rename into ``new/``, fsync the
 directory. Consumers claim an entry by renaming it into ``cur/``; ``recover()`` returns claims
-left behind by a crash.
+left behind by a crash. An entry released after failed attempts carries their count in the
+maildir info of its name, ``<unique>:1,<attempts>``, so the count survives a restart.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ _COUNTER = itertools.count()  # per-process; next() on it is atomic under the GI
 _UNSAFE = re.compile(r"[\r\n\0]")
 _TCP_PEER = re.compile(r"(\S*) (\d+)")
 _TCP_HOST = re.compile(r'(?!")[^\s\0]*')  # hosts that survive the "host port" form
+_ATTEMPTS = re.compile(r":1,([0-9]+)\Z")  # the info part of a released entry's name
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class QueueEntry:
     data: bytes
     reasons: dict[str, str]
     queued_at: datetime
+    attempts: int = 0  # the failed attempts recorded by ``release``
 
 
 def _clean(value: str) -> bytes:
@@ -243,7 +246,9 @@ class Queue:
                 raise ValueError(f"unexpected header {name!r} in the trace block")
         data = raw[pos:]
         message = MailRequest(peer, sender, recipients, data)
-        return QueueEntry(key, message, data, reasons, queued_at)
+        attempts = _ATTEMPTS.search(key)
+        tried = int(attempts.group(1)) if attempts else 0
+        return QueueEntry(key, message, data, reasons, queued_at, tried)
 
     def read(self, key: str) -> QueueEntry:
         """The entry stored under ``key``: envelope, exact bytes, reasons, queue time."""
@@ -300,12 +305,19 @@ class Queue:
         except OSError as exc:
             raise QueueError(f"cannot remove {key} from queue {self.path}: {exc}") from exc
 
-    def release(self, key: str) -> None:
-        """Put the claimed entry ``key`` back to wait (processing it failed for now)."""
+    def release(self, key: str, *, attempts: int | None = None) -> str:
+        """Put the claimed entry ``key`` back to wait (processing it failed for now); its key.
+
+        ``attempts`` (the failed attempts so far) is recorded in the entry's name, which then
+        changes: the key returned is the one it waits under, and ``claim`` reads the count back.
+        """
+        key = _check_key(key)
+        waiting = key if attempts is None else f"{key.partition(':')[0]}:1,{attempts}"
         try:
-            os.rename(os.path.join(self._cur, _check_key(key)), os.path.join(self._new, key))
+            os.rename(os.path.join(self._cur, key), os.path.join(self._new, waiting))
         except OSError as exc:
             raise QueueError(f"cannot release {key} in queue {self.path}: {exc}") from exc
+        return waiting
 
     def remove(self, key: str) -> None:
         """Delete the entry ``key``; KeyError if it is not waiting in the queue."""

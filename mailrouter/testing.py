@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import Unpack
 
 from mailrouter.message import MailRequest
-from mailrouter.outbound.sender import Sendable, SendResult, prepare
+from mailrouter.outbound import sender as relay
+from mailrouter.outbound.sender import Sendable, Sender, SendOptions, SendResult, prepare
 from mailrouter.routing.result import DeliveryResult
 from mailrouter.routing.router import Router
 
@@ -34,8 +36,12 @@ class Sent:
     message: EmailMessage
 
 
-class Outbox:
-    """Captures what handlers send through the relay (``outbound.sender``) instead of sending it."""
+class Outbox(Sender):
+    """Captures what handlers send through the relay (``outbound.sender``) instead of sending it.
+
+    ``with mailrouter.outbound.sender.using(outbox):`` makes it the relay (the pytest plugin's
+    ``outbox`` fixture and ``Conversation.say`` do).
+    """
 
     def __init__(self) -> None:
         self.sent: list[Sent] = []
@@ -55,16 +61,9 @@ class Outbox:
         self.sent.append(Sent(envelope_sender, tuple(rcpts), parsed))
         return SendResult(message_id, envelope_sender, delivered=tuple(rcpts))
 
-    async def send_async(
-        self,
-        msg: Sendable,
-        *,
-        sender: str | None = None,
-        recipients: Sequence[str] | None = None,
-        check: bool = False,
-    ) -> SendResult:
+    async def send_async(self, msg: Sendable, **kw: Unpack[SendOptions]) -> SendResult:
         """As ``send``: nothing here blocks."""
-        return self.send(msg, sender=sender, recipients=recipients, check=check)
+        return self.send(msg, **kw)
 
     def delivered(self, to: str | None = None, subject: str | None = None) -> list[EmailMessage]:
         """The messages sent to ``to`` (an address) whose Subject matches ``subject`` (a regex)."""
@@ -81,7 +80,8 @@ class Outbox:
 
 
 class Conversation:
-    """Talks to a router as one sender, in-process, with outgoing mail kept in an ``Outbox``."""
+    """Talks to a router as one sender, in-process, with outgoing mail kept in an ``Outbox``
+    (the relay of each delivery ``say`` makes)."""
 
     def __init__(self, router: Router, outbox: Outbox, sender: str = "tester@example.org") -> None:
         self.router = router
@@ -106,7 +106,10 @@ class Conversation:
         message["Message-ID"] = make_msgid(domain="test.invalid")
         message.set_content(body)
         data = message.as_bytes(policy=policy.SMTP)
-        return await self.router.deliver(MailRequest(("127.0.0.1", 0), sender, recipients, data))
+        with relay.using(self.outbox):
+            return await self.router.deliver(
+                MailRequest(("127.0.0.1", 0), sender, recipients, data)
+            )
 
     def assert_in_state(self, module: str, sender: str, state: str, to: str = "") -> None:
         """Fail unless ``module`` is in ``state`` for ``sender`` (for mail to ``to``, when the

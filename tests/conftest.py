@@ -1,4 +1,4 @@
-"""Shared fixtures: handler modules written to disk, and messages to route."""
+"""Shared fixtures: handler modules written to disk, and project folders for the daemon."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from helpers import Project
 
 _counter = itertools.count()
 
@@ -31,6 +32,44 @@ def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
     yield make
     for name in created:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def app(request: pytest.FixtureRequest, make_module: Callable[..., str]) -> str:
+    """The test module's ``APP`` handler source, written as a module; the module's name."""
+    return make_module(request.module.APP)
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> Iterator[Callable[..., Project]]:
+    """Make project folders for the ``mailrouter`` command; kill every daemon they started.
+
+    ``make_project(folder, config=None, **handlers)``: ``folder`` is relative to ``tmp_path``.
+    Without ``config`` the project is made by ``mailrouter gen``; with it, ``config`` is the
+    whole ``config/mailrouter.toml``. ``handlers`` (module name -> source) are written into
+    ``config/handlers``.
+    """
+    made: list[Project] = []
+
+    def make(folder: str | Path = "proj", config: str | None = None, **handlers: str) -> Project:
+        project = Project(tmp_path / folder)
+        made.append(project)
+        project.folder.mkdir(parents=True)
+        if config is None:
+            generated = project.run("gen", ".")
+            assert generated.returncode == 0, generated.stderr
+        else:
+            (project.folder / "config").mkdir()
+            (project.folder / "config" / "mailrouter.toml").write_text(config)
+        if handlers:
+            (project.folder / "config" / "handlers").mkdir(exist_ok=True)
+        for name, source in handlers.items():
+            (project.folder / "config" / "handlers" / f"{name}.py").write_text(source)
+        return project
+
+    yield make
+    for project in made:
+        project.kill_all()
 
 
 # The modules that speak SMTP run on both event loops: asyncio's and uvloop's (which the server

@@ -1,25 +1,94 @@
-"""Helpers shared by the tests."""
+"""Helpers shared by the tests: messages, handler sources, a running server, clients, polling."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import itertools
+import os
+import re
+import signal
 import smtplib
 import socket
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
+import pytest
 from aiosmtpd.smtp import SMTP
 
 from mailrouter import MailRequest
-from mailrouter.config import Settings
+from mailrouter.config import Settings, load_settings
 from mailrouter.runtime.server import Server, build_router
 
+T = TypeVar("T")
+Message = str | Callable[[], str] | None
+
 _counter = itertools.count()
+
+# -- handler sources (written to disk with the ``make_module`` fixture) ----------------------
+
+#: Every message (parsed the way handlers do) lands in ``received``, except mail for
+#: ``x-...`` addresses; the handler for ``x-raise@`` fails with a header-like line in its text.
+RECORDING = """
+from mailrouter import route, stateless
+
+received = []
+
+
+@route("(?!x-).*")
+@stateless
+def RECORD(message):
+    # parse the way handlers do: a parser crash shows up as a message missing from `received`
+    message["Subject"]
+    message.body()
+    list(message.walk())
+    received.append(message)
+
+
+@route("x-raise@(host)")
+@stateless
+def RAISE(message, host=None):
+    raise RuntimeError("handler bug\\r\\nBcc: injected@evil.example")
+"""
+
+#: One outcome per address: ``ok@`` is accepted (by OK, and by REFUSE, which lets it pass),
+#: ``refuse@`` refused with 550 5.7.1, ``later@`` deferred with 450 4.2.1, ``boom@`` fails.
+OUTCOMES = """
+from mailrouter import SMTPError, route, stateless
+
+
+@route("ok@(host)")
+@stateless
+def OK(message, host=None):
+    pass
+
+
+@route("(name)@(host)", name="ok|refuse")
+@stateless
+def REFUSE(message, name, host=None):
+    if name == "refuse":
+        raise SMTPError(550, "5.7.1 Not here")
+
+
+@route("later@(host)")
+@stateless
+def LATER(message, host=None):
+    raise SMTPError(450, "4.2.1 Busy, later")
+
+
+@route("boom@(host)")
+@stateless
+def BOOM(message, host=None):
+    raise RuntimeError("handler bug")
+"""
 
 
 def mail(
@@ -35,6 +104,115 @@ def mail(
         f"Message-ID: <{next(_counter)}@test>\r\n\r\n{body}"
     ).encode()
     return MailRequest(("127.0.0.1", 40000), sender, recipients, data)
+
+
+# -- waiting ---------------------------------------------------------------------------------
+
+
+def _failure(message: Message, condition: object, timeout: float) -> str:
+    if callable(message):
+        return message()
+    return message or f"{condition} did not hold within {timeout} s"
+
+
+def poll(condition: Callable[[], T], timeout: float, *, interval: float = 0.02) -> T | None:
+    """Call ``condition`` until it returns something true, and return that; None at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(interval)
+    return result
+
+
+def wait_for(
+    condition: Callable[[], T],
+    timeout: float = 20.0,
+    *,
+    interval: float = 0.02,
+    message: Message = None,
+) -> T:
+    """``poll`` that fails the test (AssertionError: ``message``) when the deadline passes."""
+    result = poll(condition, timeout, interval=interval)
+    if not result:
+        raise AssertionError(_failure(message, condition, timeout))
+    return result
+
+
+async def until(
+    condition: Callable[[], T | Awaitable[T]],
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.01,
+    message: Message = None,
+) -> T:
+    """``wait_for`` on the test's loop, which keeps running; ``condition`` may be async."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if loop.time() > deadline:
+            raise AssertionError(_failure(message, condition, timeout))
+        await asyncio.sleep(interval)
+
+
+# -- a running server ------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Server]:
+    """A real server for ``settings``, started on the running loop; stopped and closed after."""
+    router = build_router(settings)
+    try:
+        server = Server(settings, router)
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop(timeout=5)
+    finally:
+        router.close()
+
+
+def running(
+    tmp_path: Path, *handlers: str, **overrides: Any
+) -> AbstractAsyncContextManager[Server]:
+    """A server on 127.0.0.1 port 0 for handler modules ``handlers``, files under ``tmp_path``.
+
+    ``overrides`` are settings; by default mail is for ``example.com`` (the ``host`` default).
+    """
+    config = tmp_path / "config"
+    config.mkdir(exist_ok=True)
+    options: dict[str, Any] = {"port": 0, "defaults": {"host": r"example\.com"}}
+    settings = Settings(handlers=handlers, config_dir=str(config), **{**options, **overrides})
+    return serving(settings)
+
+
+@contextmanager
+def small_disk(folder: Path, size: str = "64k") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` (made if missing), unmounted after.
+
+    Mounting needs root: without it the test is skipped, or fails under ``CI``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a small tmpfs: {mounted.stderr.decode()}")
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+# -- clients ---------------------------------------------------------------------------------
 
 
 def lmtp_send(
@@ -55,33 +233,64 @@ def lmtp_send(
     return replies
 
 
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Server]:
-    """A real server for ``settings``, started on the test's loop; stopped and closed after."""
-    router = build_router(settings)
-    server = Server(settings, router)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(timeout=5)
-        router.close()
+class Client:
+    """A line-level SMTP client on a real socket, that can also send raw bytes."""
 
+    reply_timeout = 30.0  # seconds a reply may take before the test fails
 
-def running(
-    tmp_path: Path, *handlers: str, **overrides: Any
-) -> AbstractAsyncContextManager[Server]:
-    """A server on 127.0.0.1 port 0 for handler modules ``handlers``, files under ``tmp_path``."""
-    config = tmp_path / "config"
-    config.mkdir(exist_ok=True)
-    settings = Settings(
-        port=0,
-        handlers=handlers,
-        defaults={"host": r"example\.com"},
-        config_dir=str(config),
-        **overrides,
-    )
-    return serving(settings)
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int) -> Self:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    @classmethod
+    async def greeted(cls, port: int, hello: str | None = None) -> Self:
+        """A client past the 220 greeting, and past ``hello`` (an EHLO, say) when given."""
+        client = await cls.connect(port)
+        assert (await client.reply()).startswith("220 ")
+        if hello is not None:
+            assert (await client.command(hello)).startswith("250 ")
+        return client
+
+    async def reply(self) -> str:
+        """One whole reply (the last line of a multi-line one)."""
+        while True:
+            line = (await asyncio.wait_for(self.reader.readline(), self.reply_timeout)).decode()
+            if line[3:4] != "-":
+                return line.rstrip("\r\n")
+
+    async def replies(self, count: int) -> list[str]:
+        return [await self.reply() for _ in range(count)]
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def command(self, line: str) -> str:
+        await self.send(line.encode() + b"\r\n")
+        return await self.reply()
+
+    async def raw(self, line: bytes) -> str:
+        """Send one command line exactly as given (plus CRLF); its reply."""
+        await self.send(line + b"\r\n")
+        return await self.reply()
+
+    async def expect(self, data: bytes, prefixes: list[str]) -> None:
+        """Send ``data``; the next replies must start with ``prefixes``, one each."""
+        await self.send(data)
+        got = await self.replies(len(prefixes))
+        assert [r[: len(p)] for r, p in zip(got, prefixes, strict=True)] == prefixes, got
+
+    async def closed(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(), 30) == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
 
 
 @dataclass
@@ -156,3 +365,55 @@ async def sink_server(
     finally:
         server.close()
         await server.wait_closed()
+
+
+# -- the real ``mailrouter`` command in subprocesses -----------------------------------------
+
+READY = re.compile(r"mailrouter running on (127\.0\.0\.1):(\d+) \(pid (\d+)\)")
+
+
+def environment() -> dict[str, str]:
+    """This process's environment without ``MAILROUTER_*`` settings; running as root allowed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILROUTER_")}
+    env["MAILROUTER_ALLOW_ROOT"] = "true"  # the tests may run as root
+    return env
+
+
+class Project:
+    """A project folder, and the ``mailrouter`` command run in it (see the ``make_project``
+    fixture, which kills what it started)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.pid_file = folder / "run" / "mailrouter.pid"
+        self.started: set[int] = set()
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "mailrouter", *args],
+            cwd=self.folder,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=environment(),
+        )
+        if match := READY.search(result.stdout):
+            self.started.add(int(match.group(3)))
+        return result
+
+    def start(self, *args: str) -> tuple[int, int]:
+        """Start a daemon on a free port; its (port, pid)."""
+        result = self.run("start", "--port", "0", *args)
+        assert result.returncode == 0, result.stderr
+        match = READY.fullmatch(result.stdout.strip())
+        assert match, result.stdout
+        return int(match.group(2)), int(match.group(3))
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.folder / "config")
+
+    def kill_all(self) -> None:
+        for pid in self.started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
+from helpers import poll, until, wait_for
 
 __all__ = [
     "LMTP_DOMAIN",
@@ -199,14 +200,10 @@ class PostfixInstance:
         if master is not None:  # `postfix stop` failed (say, a broken main.cf): do its job
             with contextlib.suppress(ProcessLookupError):
                 os.kill(master, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self._processes():
-            if time.monotonic() > deadline:
-                for pid in self._processes():  # only processes working in our own queue folder
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                break
-            time.sleep(0.05)
+        if poll(lambda: not self._processes(), timeout, interval=0.05) is None:
+            for pid in self._processes():  # only processes working in our own queue folder
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def master_pid(self) -> int | None:
         """The pid of this instance's master process, if it is running."""
@@ -281,20 +278,22 @@ class PostfixInstance:
         server runs on the test's loop, use ``await_log`` instead.
         """
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while (line := self._find(regex, since)) is None:
-            self._check_deadline(deadline, pattern, timeout)
-            time.sleep(0.1)
-        return line
+        return wait_for(
+            lambda: self._find(regex, since),
+            timeout,
+            interval=0.1,
+            message=lambda: self._no_line(pattern, timeout),
+        )
 
     async def await_log(self, pattern: str, timeout: float = 30.0, *, since: int = 0) -> str:
         """``wait_for_log`` for async tests: polls without blocking the event loop."""
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while (line := self._find(regex, since)) is None:
-            self._check_deadline(deadline, pattern, timeout)
-            await asyncio.sleep(0.1)
-        return line
+        return await until(
+            lambda: self._find(regex, since),
+            timeout,
+            interval=0.1,
+            message=lambda: self._no_line(pattern, timeout),
+        )
 
     def wait_for_status(
         self, queue_id: str, recipient: str, status: str, timeout: float = 30.0, *, since: int = 0
@@ -328,12 +327,11 @@ class PostfixInstance:
                 return line
         return None
 
-    def _check_deadline(self, deadline: float, pattern: str, timeout: float) -> None:
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"no line matching {pattern!r} in {self.log_path} after {timeout}s; "
-                f"log tail:\n{self.log_tail()}"
-            )
+    def _no_line(self, pattern: str, timeout: float) -> str:
+        return (
+            f"no line matching {pattern!r} in {self.log_path} after {timeout}s; "
+            f"log tail:\n{self.log_tail()}"
+        )
 
     # -- internals -------------------------------------------------------------------------
 
@@ -427,14 +425,15 @@ class PostfixInstance:
 
     def _wait_listening(self) -> bool:
         """Poll until the smtpd port accepts connections; False if master dies or time runs out."""
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
+
+        def settled() -> str | None:
             if _port_open(self.smtp_port):
-                return True
+                return "listening"
             if self.master_pid() is None:
-                return False  # master died (for example: the port was taken)
-            time.sleep(0.05)
-        return False
+                return "died"  # master died (for example: the port was taken)
+            return None
+
+        return poll(settled, self.start_timeout, interval=0.05) == "listening"
 
     def _processes(self) -> list[int]:
         """Pids of the processes whose working folder is this instance's queue folder."""

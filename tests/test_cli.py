@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers import Sink, mail, sink_server
-from test_server import running
+from helpers import Sink, mail, running, sink_server
 
 from mailrouter import __version__
 from mailrouter.cli import common, main
@@ -29,13 +28,11 @@ from mailrouter.cli import queue as queue_cli
 from mailrouter.cli import server as server_cli
 from mailrouter.config import FIELDS, Settings, load_settings
 from mailrouter.message import MailRequest
-from mailrouter.outbound.outbox import Outbox, Outcome, RetryPolicy, Schedule
+from mailrouter.outbound.outbox import Attempt, Outbox, RetryPolicy, Schedule
 from mailrouter.queue import Queue
 from mailrouter.state import ShelveStorage
 
-MakeModule = Callable[..., str]
-
-RECORDER = """
+APP = """
 from mailrouter import route, stateless, SMTPError
 seen = []
 
@@ -175,7 +172,7 @@ def captured_run(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
         assert pid_file.read_text() == f"{os.getpid()}\n"
         assert Path(f"{pid_file}.address").read_text() == "127.0.0.1:2525\n"
 
-    monkeypatch.setattr("mailrouter.runtime.server.run", fake_run)
+    monkeypatch.setattr("mailrouter.runtime.launch.run", fake_run)
     return calls
 
 
@@ -411,7 +408,7 @@ def outbox_of(project: Path) -> Outbox:
     return Outbox(settings.path(settings.outbox), settings.path(settings.failed))
 
 
-async def store(project: Path, message: MailRequest, replies: dict[str, Outcome], **kw: Any) -> str:
+async def store(project: Path, message: MailRequest, replies: dict[str, Attempt], **kw: Any) -> str:
     """Keep ``message`` for ``replies`` through the relay's own path; the key it was kept under."""
     stored = await outbox_of(project).store(message.sender, message.data, replies, **kw)
     key = stored.outbox_key or stored.failed_key
@@ -435,15 +432,15 @@ def test_queue_box_outbox_lists_shows_counts_removes_and_clears(project: Path) -
 
     message = mail("alice@example.org", ["x@example.com", "y@example.com"])
     replies = {
-        "x@example.com": Outcome("deferred", "451 4.3.0 Try later"),
-        "y@example.com": Outcome("deferred", "421 4.4.2 Timed out"),
+        "x@example.com": Attempt("deferred", "451 4.3.0 Try later"),
+        "y@example.com": Attempt("deferred", "421 4.4.2 Timed out"),
     }
     first = asyncio.run(
         store(project, message, replies, schedule=Schedule(2, NOW - 180, NOW), now=NOW)
     )
     other = mail("", ["z@example.com"])
     second = asyncio.run(
-        store(project, other, {"z@example.com": Outcome("deferred", "452 Full")}, now=NOW)
+        store(project, other, {"z@example.com": Attempt("deferred", "452 Full")}, now=NOW)
     )
     queue_of(project).push(mail())  # in the undeliverable queue: not listed with --box outbox
 
@@ -498,8 +495,8 @@ def test_queue_box_failed_lists_shows_counts_removes_and_clears(project: Path) -
     assert invoke("queue", "clear", "--yes", *box).stdout == "the failed maildir is empty\n"
     message = mail("alice@example.org", ["gone@example.com", "ok@example.com"])
     replies = {
-        "gone@example.com": Outcome("failed", "550 5.1.1 No such user"),
-        "ok@example.com": Outcome("delivered", "250 OK"),
+        "gone@example.com": Attempt("failed", "550 5.1.1 No such user"),
+        "ok@example.com": Attempt("delivered", "250 OK"),
     }
     key = asyncio.run(store(project, message, replies))
     assert invoke("queue", "list", "--config", config(project), "--box", "outbox").stdout == (
@@ -552,7 +549,7 @@ async def retry(project: Path, port: int) -> Result:
 
 async def test_queue_retry_delivers_a_deferred_entry_before_it_is_due(project: Path) -> None:
     message = mail("alice@example.org", ["bob@example.com", "carol@example.com"])
-    replies = dict.fromkeys(message.recipients, Outcome("deferred", "451 4.3.0 Try later"))
+    replies = dict.fromkeys(message.recipients, Attempt("deferred", "451 4.3.0 Try later"))
     await store(project, message, replies)  # next attempt: a minute from now
     sink = Sink()
     async with sink_server(sink) as port:
@@ -574,7 +571,7 @@ async def test_queue_retry_defers_again_and_gives_up_after_the_expiry(project: P
     fresh = await store(
         project,
         mail(recipients=["bob@example.com"]),
-        {"bob@example.com": Outcome("deferred", "451 4.3.0 Try later")},
+        {"bob@example.com": Attempt("deferred", "451 4.3.0 Try later")},
     )
     # First tried longer ago than the expiry, but not due for half an hour yet.
     policy = RetryPolicy()
@@ -582,7 +579,7 @@ async def test_queue_retry_defers_again_and_gives_up_after_the_expiry(project: P
     expired = await store(
         project,
         mail(recipients=["old@example.com"]),
-        {"old@example.com": Outcome("deferred", "451 4.3.0 Try later")},
+        {"old@example.com": Attempt("deferred", "451 4.3.0 Try later")},
         schedule=old,
         now=now - policy.maximum / 2,
     )
@@ -612,7 +609,7 @@ async def test_queue_retry_defers_again_and_gives_up_after_the_expiry(project: P
 
 def test_queue_retry_while_a_pass_runs_is_one_line(project: Path) -> None:
     key = asyncio.run(
-        store(project, mail(), {"someone@example.com": Outcome("deferred", "451 Later")})
+        store(project, mail(), {"someone@example.com": Attempt("deferred", "451 Later")})
     )
     outbox = outbox_of(project).queue
     assert outbox is not None
@@ -653,22 +650,21 @@ async def in_thread(*args: str, input: bytes | None = None) -> Result:
     return await asyncio.to_thread(invoke, *args, input=input)
 
 
-async def test_send_composes_a_proper_message(tmp_path: Path, make_module: MakeModule) -> None:
-    app = make_module(RECORDER)
+def envelope(port: int | str, sender: str, *rcpts: str) -> list[str]:
+    """The ``mailrouter send`` options for mail from ``sender`` to ``rcpts`` via ``port``."""
+    return ["--port", str(port), "--from", sender, *(o for r in rcpts for o in ("--to", r))]
+
+
+async def test_send_composes_a_proper_message(tmp_path: Path, app: str) -> None:
     (tmp_path / "notes.txt").write_text("some notes\n")
     (tmp_path / "pixel.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (tmp_path / "blob.weird").write_bytes(bytes(range(256)))
     async with running(tmp_path, app) as server:
         result = await in_thread(
             "send",
-            "--port",
-            str(server.port),
-            "--from",
-            "Alice <alice@example.org>",
-            "--to",
-            "ann@example.com",
-            "--to",
-            "bob@example.com",
+            *envelope(
+                server.port, "Alice <alice@example.org>", "ann@example.com", "bob@example.com"
+            ),
             "--subject",
             "Grüße",
             "--body",
@@ -697,59 +693,30 @@ async def test_send_composes_a_proper_message(tmp_path: Path, make_module: MakeM
     assert parts["blob.weird"].get_content() == bytes(range(256))
 
 
-async def test_send_refusal_is_one_line_and_exit_1(tmp_path: Path, make_module: MakeModule) -> None:
-    app = make_module(RECORDER)
+async def test_send_refusal_is_one_line_and_exit_1(tmp_path: Path, app: str) -> None:
     async with running(tmp_path, app) as server:
         port = str(server.port)
-        refused = await in_thread(
-            "send", "--port", port, "--from", "a@x.org", "--to", "refuse@example.com"
-        )
-        unroutable = await in_thread(
-            "send", "--port", port, "--from", "a@x.org", "--to", "nobody@elsewhere.org"
-        )
+        refused = await in_thread("send", *envelope(port, "a@x.org", "refuse@example.com"))
+        unroutable = await in_thread("send", *envelope(port, "a@x.org", "nobody@elsewhere.org"))
     assert_one_line_error(refused, "550 5.7.1 Not here")
     assert refused.stdout == ""
     assert unroutable.exit_code == 0  # acknowledged, and queued
 
 
-async def test_send_rcpt_refusal(tmp_path: Path, make_module: MakeModule) -> None:
-    app = make_module(RECORDER)
+async def test_send_rcpt_refusal(tmp_path: Path, app: str) -> None:
     async with running(tmp_path, app, reject_unroutable=True) as server:
         result = await in_thread(
-            "send",
-            "--port",
-            str(server.port),
-            "--from",
-            "a@x.org",
-            "--to",
-            "ann@example.com",
-            "--to",
-            "x@elsewhere.org",
+            "send", *envelope(server.port, "a@x.org", "ann@example.com", "x@elsewhere.org")
         )
     assert_one_line_error(result, "<x@elsewhere.org> refused: 550 5.1.1")
     assert result.stdout.startswith("250 ")
     assert [rcpt for _, rcpt, _ in seen(app)] == ["ann@example.com"]
 
 
-async def test_send_lmtp_prints_one_reply_per_recipient(
-    tmp_path: Path, make_module: MakeModule
-) -> None:
-    app = make_module(RECORDER)
+async def test_send_lmtp_prints_one_reply_per_recipient(tmp_path: Path, app: str) -> None:
     async with running(tmp_path, app, protocol="lmtp") as server:
-        result = await in_thread(
-            "send",
-            "--lmtp",
-            "--port",
-            str(server.port),
-            "--from",
-            "a@x.org",
-            "--to",
-            "ann@example.com",
-            "--to",
-            "refuse@example.com",
-            "--to",
-            "bob@example.com",
-        )
+        rcpts = ["ann@example.com", "refuse@example.com", "bob@example.com"]
+        result = await in_thread("send", "--lmtp", *envelope(server.port, "a@x.org", *rcpts))
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["<ann@example.com>", "<bob@example.com>"]
@@ -757,8 +724,7 @@ async def test_send_lmtp_prints_one_reply_per_recipient(
     assert_one_line_error(result, "<refuse@example.com> refused: 550 5.7.1 Not here")
 
 
-async def test_sendmail_sends_stdin_as_is(tmp_path: Path, make_module: MakeModule) -> None:
-    app = make_module(RECORDER)
+async def test_sendmail_sends_stdin_as_is(tmp_path: Path, app: str) -> None:
     raw = b"From: Carol <carol@example.org>\nSubject: raw\nX-Custom: kept\n\nLine one.\n.dot\n"
     async with running(tmp_path, app) as server:
         port = str(server.port)
@@ -787,7 +753,7 @@ def test_send_to_a_closed_port_is_one_line() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = invoke("send", "--port", str(port), "--from", "a@x.org", "--to", "b@x.org")
+    result = invoke("send", *envelope(port, "a@x.org", "b@x.org"))
     assert_one_line_error(result, f"127.0.0.1:{port}", "refused")
 
 

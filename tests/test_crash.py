@@ -7,11 +7,11 @@ import random
 import signal
 import smtplib
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_daemon import Project
+from helpers import Project, wait_for
 
 from mailrouter.queue import Queue
 
@@ -41,16 +41,17 @@ host = 'example\\.com'
 
 
 @pytest.mark.parametrize("mode", ["direct", "spool"])
-def test_kill_9_loses_no_acknowledged_message(tmp_path: Path, mode: str) -> None:
-    project = Project(tmp_path / "proj")
-    handlers = project.folder / "config" / "handlers"
-    handlers.mkdir(parents=True)
-    (project.folder / "config" / "mailrouter.toml").write_text(f'mode = "{mode}"\n' + CONFIG)
+def test_kill_9_loses_no_acknowledged_message(
+    tmp_path: Path, make_project: Callable[..., Project], mode: str
+) -> None:
     record = tmp_path / "record.txt"
     record.touch()
-    (handlers / "recorder.py").write_text(RECORDER.format(record=str(record)))
+    recorder = RECORDER.format(record=str(record))
+    project = make_project("proj", f'mode = "{mode}"\n' + CONFIG, recorder=recorder)
     port, pid = project.start()
+    target = random.randint(300, 2500)  # kill at a random point in the stream
     acknowledged: list[str] = []
+    reached = threading.Event()  # set when `target` messages are acknowledged
     guard = threading.Lock()
     stop = threading.Event()
 
@@ -66,54 +67,51 @@ def test_kill_9_loses_no_acknowledged_message(tmp_path: Path, mode: str) -> None
                     smtp.sendmail(f"sender{number}@x.org", [rcpt], data)
                     with guard:
                         acknowledged.append(message_id)
+                        if len(acknowledged) >= target:
+                            reached.set()
         except (OSError, smtplib.SMTPException):
             return  # the server was killed under us
 
     clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     for thread in clients:
         thread.start()
-    deadline = time.monotonic() + 30
-    target = random.randint(300, 2500)  # kill at a random point in the stream
-    while len(acknowledged) < target and time.monotonic() < deadline:
-        time.sleep(0.001)
+    reached.wait(30)  # past the deadline, the assertion below tells how far the clients got
     os.kill(pid, signal.SIGKILL)
     stop.set()
     for thread in clients:
         thread.join(30)
-    try:
-        assert len(acknowledged) >= 300, "the clients were too slow to test anything"
-        # the restarted server opens the same state file and queue, and serves again
-        port, pid = project.start()
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-            smtp.sendmail("after@x.org", ["rec@example.com"], b"Message-ID: <after@x>\r\n\r\nx\r\n")
-        queue = Queue(project.folder / "run" / "undeliverable")
-        deadline = time.monotonic() + 60  # spool mode routes what the crash left after the 250
-        while True:
-            recorded = set(record.read_text().split())
-            queued = {queue.get(key)["Message-ID"] for key in queue.keys()}  # noqa: SIM118
-            lost = [mid for mid in acknowledged if mid not in recorded and mid not in queued]
-            if (not lost and "<after@x>" in recorded) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert lost == []
-        assert "<after@x>" in recorded
-        assert project.run("stop").returncode == 0
-    finally:
-        project.kill_all()
+    assert len(acknowledged) >= 300, "the clients were too slow to test anything"
+    # the restarted server opens the same state file and queue, and serves again
+    port, pid = project.start()
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.sendmail("after@x.org", ["rec@example.com"], b"Message-ID: <after@x>\r\n\r\nx\r\n")
+    queue = Queue(project.folder / "run" / "undeliverable")
+    recorded: set[str] = set()
+    lost: list[str] = []
+
+    def accounted() -> bool:
+        nonlocal recorded, lost
+        recorded = set(record.read_text().split())
+        queued = {queue.get(key)["Message-ID"] for key in queue.keys()}  # noqa: SIM118
+        lost = [mid for mid in acknowledged if mid not in recorded and mid not in queued]
+        return not lost and "<after@x>" in recorded
+
+    # spool mode routes what the crash left after the 250
+    wait_for(accounted, 60, interval=0.05, message=lambda: f"lost: {lost}")
+    assert lost == []
+    assert "<after@x>" in recorded
+    assert project.run("stop").returncode == 0
 
 
-def test_a_corrupt_state_file_stops_the_start_with_a_clear_error(tmp_path: Path) -> None:
-    project = Project(tmp_path / "proj")
-    (project.folder / "config").mkdir(parents=True)
-    (project.folder / "config" / "mailrouter.toml").write_text(CONFIG)
+def test_a_corrupt_state_file_stops_the_start_with_a_clear_error(
+    make_project: Callable[..., Project],
+) -> None:
+    project = make_project("proj", CONFIG)
     state = project.folder / "run" / "state.db"
     state.parent.mkdir()
     state.write_bytes(b"this is not a database" * 100)
-    try:
-        result = project.run("start", "--port", "0")
-        assert result.returncode != 0
-        assert str(state) in result.stderr and "Traceback" not in result.stderr
-        assert result.stderr.count("\n") == 1
-        assert state.read_bytes() == b"this is not a database" * 100  # not replaced by an empty one
-    finally:
-        project.kill_all()
+    result = project.run("start", "--port", "0")
+    assert result.returncode != 0
+    assert str(state) in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert state.read_bytes() == b"this is not a database" * 100  # not replaced by an empty one

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import json
 import os
@@ -15,93 +14,23 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import READY, Project, environment, wait_for
 
-from mailrouter.config import Settings, load_settings
+from mailrouter.config import Settings
 from mailrouter.errors import MailRouterError
 from mailrouter.runtime import daemon
 
-READY = re.compile(r"mailrouter running on (127\.0\.0\.1):(\d+) \(pid (\d+)\)")
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {condition}")
-        time.sleep(0.02)
-
-
-def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILROUTER_")}
-    env["MAILROUTER_ALLOW_ROOT"] = "true"  # the tests may run as root
-    return env
-
-
-class Project:
-    """A project folder made by ``mailrouter gen``, and the command run in it."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.pid_file = folder / "run" / "mailrouter.pid"
-        self.started: set[int] = set()
-
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "mailrouter", *args],
-            cwd=self.folder,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=environment(),
-        )
-        if match := READY.search(result.stdout):
-            self.started.add(int(match.group(3)))
-        return result
-
-    def start(self, *args: str) -> tuple[int, int]:
-        """Start a daemon on a free port; its (port, pid)."""
-        result = self.run("start", "--port", "0", *args)
-        assert result.returncode == 0, result.stderr
-        match = READY.fullmatch(result.stdout.strip())
-        assert match, result.stdout
-        return int(match.group(2)), int(match.group(3))
-
-    @property
-    def settings(self) -> Settings:
-        return load_settings(self.folder / "config")
-
-    def kill_all(self) -> None:
-        for pid in self.started:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def make_project(folder: Path) -> Project:
-    made = subprocess.run(
-        [sys.executable, "-m", "mailrouter", "gen", str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=environment(),
-    )
-    assert made.returncode == 0, made.stderr
-    return Project(folder)
-
-
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[Project]:
-    made = make_project(tmp_path / "project")
-    try:
-        yield made
-    finally:
-        made.kill_all()
+def project(make_project: Callable[..., Project]) -> Project:
+    """A project made by ``mailrouter gen``."""
+    return make_project("project")
 
 
 def smtp_send(port: int, rcpt: str) -> dict[str, tuple[int, bytes]]:
@@ -348,7 +277,7 @@ def test_start_as_root_without_allow_root_is_refused(project: Project) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
-def test_daemon_runs_as_the_configured_user() -> None:
+def test_daemon_runs_as_the_configured_user(make_project: Callable[..., Project]) -> None:
     folder = Path(tempfile.mkdtemp(prefix="mailrouter-", dir="/tmp"))
     try:
         folder.chmod(0o755)  # the dropped user must reach its files

@@ -15,39 +15,19 @@ import re
 import smtplib
 import socket
 import sys
-import textwrap
 import threading
-import time
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from helpers import RECORDING, running, wait_for
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from mailrouter.config import Settings
-from mailrouter.runtime.server import Server, build_router
+from mailrouter.runtime.server import Server
 
 T = TypeVar("T")
-
-APP = """
-from mailrouter import route, stateless
-
-received = []
-
-@route("(?!x-).*")
-@stateless
-def RECORD(message):
-    message["Subject"]
-    message.body()
-    list(message.walk())
-    received.append(message)
-
-@route("x-raise@(host)")
-@stateless
-def RAISE(message, host=None):
-    raise RuntimeError("handler bug")
-"""
 MODULE = "fuzz_smtp_handlers"
 REPLY = re.compile(rb"[2-5]\d\d[ -]")
 TIMEOUT = 10.0
@@ -65,19 +45,14 @@ class Problems(logging.Handler):
 
 
 class ServerThread:
-    """A mailrouter server on its own event loop in a background thread."""
+    """A mailrouter server (``running`` from helpers) on its own event loop in a thread."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, tmp_path: Path, *handlers: str, **overrides: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fuzz-server")
         self.thread.start()
-        self.server: Server = self.call(self._start())
-
-    async def _start(self) -> Server:
-        server = Server(self.settings, build_router(self.settings))
-        await server.start()
-        return server
+        self.running = running(tmp_path, *handlers, **overrides)
+        self.server: Server = self.call(self.running.__aenter__())
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the server's loop and wait for its result."""
@@ -91,9 +66,8 @@ class ServerThread:
 
     def stop(self) -> None:
         try:
-            self.call(self.server.stop(timeout=5))
+            self.call(self.running.__aexit__(None, None, None))
         finally:
-            self.server.router.close()
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(30)
             self.loop.close()
@@ -102,28 +76,23 @@ class ServerThread:
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     root = tmp_path_factory.mktemp("fuzz")
-    (root / f"{MODULE}.py").write_text(textwrap.dedent(APP))
-    (root / "config").mkdir()
+    (root / f"{MODULE}.py").write_text(RECORDING)
     problems = Problems()
     logging.getLogger("asyncio").addHandler(problems)
     sys.path.insert(0, str(root))
     try:
-        running = ServerThread(
-            Settings(
-                port=0,
-                handlers=(MODULE,),
-                defaults={"host": r"example\.com"},
-                config_dir=str(root / "config"),
-                max_message_size=20_000,
-                max_recipients=5,
-                max_errors=25,
-                idle_timeout=TIMEOUT,
-            )
+        server = ServerThread(
+            root,
+            MODULE,
+            max_message_size=20_000,
+            max_recipients=5,
+            max_errors=25,
+            idle_timeout=TIMEOUT,
         )
         try:
-            yield running
+            yield server
         finally:
-            running.stop()
+            server.stop()
         assert problems.messages == []
     finally:
         logging.getLogger("asyncio").removeHandler(problems)
@@ -286,7 +255,4 @@ def test_still_serving_after_the_fuzzing(fuzz_server: ServerThread) -> None:
         assert client.sendmail("good@client.example", ["good@example.com"], data) == {}
     mine = [m for m in sys.modules[MODULE].received if m.sender == "good@client.example"]
     assert [m.data for m in mine] == [data]
-    deadline = time.monotonic() + 5
-    while fuzz_server.sessions() and time.monotonic() < deadline:
-        time.sleep(0.01)  # poll until the server has seen every client go
-    assert fuzz_server.sessions() == 0
+    wait_for(lambda: fuzz_server.sessions() == 0, 5, message="sessions are left open")

@@ -1,6 +1,6 @@
 """Hostile input over a real socket: each case gets the right reply, and the server keeps serving.
 
-Every case runs a real server (``running`` from test_server) on 127.0.0.1 port 0 and talks to it
+Every case runs a real server (``running`` from helpers) on 127.0.0.1 port 0 and talks to it
 with a line-level client that can send raw bytes. After the hostile part, ``assert_still_serving``
 checks that a well-behaved client on a new connection is served and that its message reaches the
 handler intact, and that no session is left behind.
@@ -15,41 +15,23 @@ import re
 import socket
 import struct
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_limits import Client
-from test_server import running
+from helpers import RECORDING, Client, running, until
 
 from mailrouter import MailRequest
 from mailrouter.queue import Queue
 from mailrouter.runtime.server import Server
 
-APP = """
+APP = (
+    RECORDING
+    + """
 import asyncio
 import threading
 
-from mailrouter import route, stateless
-
-received = []
 release = threading.Event()
-
-
-@route("(?!x-).*")
-@stateless
-def RECORD(message):
-    # parse the way handlers do: a parser crash shows up as a message missing from `received`
-    message["Subject"]
-    message.body()
-    list(message.walk())
-    received.append(message)
-
-
-@route("x-raise@(host)")
-@stateless
-def RAISE(message, host=None):
-    raise RuntimeError("handler bug\\r\\nBcc: injected@evil.example")
 
 
 @route("x-block@(host)")
@@ -68,6 +50,7 @@ async def HANG(message, host=None):
 def START(message, host=None):
     return 42
 """
+)
 
 UNROUTED = "x-nowhere@elsewhere.example"  # matches no route: its copy goes to the queue
 _tokens = itertools.count()
@@ -75,38 +58,16 @@ _open: list[Hostile] = []
 
 
 class Hostile(Client):
-    """test_limits' line-level client, plus raw writes; closed by the ``hygiene`` fixture."""
+    """The line-level client from helpers, closed by the ``hygiene`` fixture; a reply may take
+    10 s rather than 30 s."""
+
+    reply_timeout = 10.0
 
     @classmethod
     async def connect(cls, port: int) -> Hostile:
         client = await super().connect(port)
-        assert isinstance(client, Hostile)
         _open.append(client)
         return client
-
-    async def reply(self) -> str:
-        """One whole reply (its last line); fails after 10 s rather than test_limits' 30 s."""
-        while True:
-            line = (await asyncio.wait_for(self.reader.readline(), 10)).decode()
-            if line[3:4] != "-":
-                return line.rstrip("\r\n")
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def replies(self, count: int) -> list[str]:
-        return [await self.reply() for _ in range(count)]
-
-    async def raw(self, line: bytes) -> str:
-        """Send one command line exactly as given (plus CRLF); its reply."""
-        await self.send(line + b"\r\n")
-        return await self.reply()
-
-
-@pytest.fixture
-def app(make_module: Callable[..., str]) -> str:
-    return make_module(APP)
 
 
 @pytest.fixture(autouse=True)
@@ -129,22 +90,9 @@ def internal_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("session error")]
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached before the deadline"
-        await asyncio.sleep(0.01)
-
-
 async def greeted(server: Server, hello: str | None = "EHLO hostile.example") -> Hostile:
     """A connected client past the greeting (and EHLO unless ``hello`` is None)."""
-    client = await Hostile.connect(server.port)
-    assert (await client.reply()).startswith("220 ")
-    if hello is not None:
-        assert (await client.command(hello)).startswith("250 ")
-    return client
+    return await Hostile.greeted(server.port, hello)
 
 
 def stuff(data: bytes) -> bytes:
@@ -310,12 +258,11 @@ async def test_too_many_errors_get_421_and_a_disconnect(tmp_path: Path, app: str
         assert (await client.command("RCPT TO:<a@example.com>")).startswith("503 5.5.1 ")
         assert (await client.raw(b"MAIL FROM:<a\x00b@x.org>")).startswith("501 5.1.7 ")
         # the third error and everything pipelined behind it: one 421, then nothing is served
-        await client.send(
+        await client.expect(
             b"DATA\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<late@example.com>\r\nDATA\r\n"
-            b"Subject: after 421\r\n\r\nx\r\n.\r\n"
+            b"Subject: after 421\r\n\r\nx\r\n.\r\n",
+            ["503 5.5.1 ", "421 4.7.0 "],
         )
-        assert (await client.reply()).startswith("503 5.5.1 ")
-        assert (await client.reply()).startswith("421 4.7.0 ")
         assert await client.closed()
         await client.close()
         await assert_still_serving(server, app)
@@ -325,7 +272,9 @@ async def test_too_many_errors_get_421_and_a_disconnect(tmp_path: Path, app: str
 async def test_pipelined_garbage(tmp_path: Path, app: str) -> None:
     async with running(tmp_path, app) as server:
         client = await greeted(server, hello=None)
-        await client.send(
+        expected = ["250 HELP", "500 5.5.2 ", "250 2.1.0 ", "250 2.1.5 ", "500 5.5.2 "]
+        expected += ["501 5.1.3 ", "354 ", "250 2.0.0 ", "500 5.5.2 ", "250 "]
+        await client.expect(
             b"EHLO pipe.example\r\n"
             b"\x00\x01\x02garbage\xff\xfe\r\n"
             b"MAIL FROM:<pipe@client.example>\r\n"
@@ -335,12 +284,9 @@ async def test_pipelined_garbage(tmp_path: Path, app: str) -> None:
             b"DATA\r\n"
             b"Subject: pipelined\r\n\r\nbody\r\n.\r\n"
             b"\r\n"
-            b"NOOP\r\n"
+            b"NOOP\r\n",
+            expected,
         )
-        replies = await client.replies(10)
-        expected = ["250 HELP", "500 5.5.2 ", "250 2.1.0 ", "250 2.1.5 ", "500 5.5.2 "]
-        expected += ["501 5.1.3 ", "354 ", "250 2.0.0 ", "500 5.5.2 ", "250 "]
-        assert [r[: len(e)] for r, e in zip(replies, expected, strict=True)] == expected
         await client.close()
         await assert_still_serving(server, app)
     (message,) = [m for m in received(app) if m.sender == "pipe@client.example"]
@@ -368,9 +314,7 @@ async def test_control_bytes_in_the_sender(
 ) -> None:
     async with running(tmp_path, app) as server:
         client = await greeted(server)
-        await client.send(b"MAIL FROM:<" + address + b">\r\n")
-        got = await client.replies(len(replies))
-        assert [r[: len(e)] for r, e in zip(got, replies, strict=True)] == replies
+        await client.expect(b"MAIL FROM:<" + address + b">\r\n", replies)
         assert (await client.command("MAIL FROM:<fine@x.org>")).startswith("250 2.1.0")
         await client.close()
         await assert_still_serving(server, app)
@@ -394,9 +338,7 @@ async def test_control_bytes_in_a_recipient(
     async with running(tmp_path, app) as server:
         client = await greeted(server)
         assert (await client.command("MAIL FROM:<a@x.org>")).startswith("250 2.1.0")
-        await client.send(b"RCPT TO:<" + address + b">\r\n")
-        got = await client.replies(len(replies))
-        assert [r[: len(e)] for r, e in zip(got, replies, strict=True)] == replies
+        await client.expect(b"RCPT TO:<" + address + b">\r\n", replies)
         assert (await client.command("RCPT TO:<fine@example.com>")).startswith("250 2.1.5")
         await client.close()
         await assert_still_serving(server, app)
@@ -522,9 +464,7 @@ async def test_header_injection_through_addresses(
     data = b"Subject: injection\r\n\r\nbody\r\n"
     async with running(tmp_path, app) as server:
         client = await greeted(server)
-        await client.send(b"".join(line + b"\r\n" for line in lines))
-        got = await client.replies(len(replies))
-        assert [r[: len(e)] for r, e in zip(got, replies, strict=True)] == replies
+        await client.expect(b"".join(line + b"\r\n" for line in lines), replies)
         # finish (or start over) cleanly; one copy to a handler, one to the queue
         assert (await client.command("RSET")).startswith("250 ")
         await envelope(client, "a@x.org", ["inj@example.com", UNROUTED])

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from test_server import running
+from helpers import Client, running, until
 
 APP = """
 import threading
@@ -29,42 +27,8 @@ def FAST(message, host=None):
 """
 
 
-class Client:
-    """A line-level SMTP client on a real socket."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def connect(cls, port: int) -> Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def reply(self) -> str:
-        """One whole reply (the last line of a multi-line one)."""
-        while True:
-            line = (await asyncio.wait_for(self.reader.readline(), 30)).decode()
-            if line[3:4] != "-":
-                return line.rstrip("\r\n")
-
-    async def command(self, line: str) -> str:
-        self.writer.write(line.encode() + b"\r\n")
-        await self.writer.drain()
-        return await self.reply()
-
-    async def closed(self) -> bool:
-        return await asyncio.wait_for(self.reader.read(), 30) == b""
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self.writer.wait_closed()
-
-
-async def test_connections_beyond_the_limit_get_421(
-    tmp_path: Path, make_module: Callable[..., str]
-) -> None:
-    async with running(tmp_path, make_module(APP), max_connections=2) as server:
+async def test_connections_beyond_the_limit_get_421(tmp_path: Path, app: str) -> None:
+    async with running(tmp_path, app, max_connections=2) as server:
         first, second = await Client.connect(server.port), await Client.connect(server.port)
         assert (await first.reply()).startswith("220")
         assert (await second.reply()).startswith("220")
@@ -73,24 +37,17 @@ async def test_connections_beyond_the_limit_get_421(
         assert await third.closed()
         await first.command("QUIT")
         await first.close()
-        for _ in range(100):  # the freed slot is served again (poll until the server saw QUIT)
-            fourth = await Client.connect(server.port)
-            greeting = await fourth.reply()
-            await fourth.close()
-            if greeting.startswith("220"):
-                break
-            await asyncio.sleep(0.05)
-        assert greeting.startswith("220")
+        await until(lambda: len(server.sessions) < 2)  # the server saw the first client go
+        fourth = await Client.connect(server.port)
+        assert (await fourth.reply()).startswith("220")  # the freed slot is served again
+        await fourth.close()
         await second.close()
         await third.close()
 
 
-async def test_too_many_errors_closes_the_session(
-    tmp_path: Path, make_module: Callable[..., str]
-) -> None:
-    async with running(tmp_path, make_module(APP), max_errors=3) as server:
-        client = await Client.connect(server.port)
-        await client.reply()
+async def test_too_many_errors_closes_the_session(tmp_path: Path, app: str) -> None:
+    async with running(tmp_path, app, max_errors=3) as server:
+        client = await Client.greeted(server.port)
         assert (await client.command("BOGUS")).startswith("500 5.5.2")
         assert (await client.command("BOGUS")).startswith("500")
         assert (await client.command("BOGUS")).startswith("500")
@@ -99,24 +56,17 @@ async def test_too_many_errors_closes_the_session(
         await client.close()
 
 
-async def test_idle_client_is_dropped_with_421(
-    tmp_path: Path, make_module: Callable[..., str]
-) -> None:
-    async with running(tmp_path, make_module(APP), idle_timeout=0.3) as server:
-        client = await Client.connect(server.port)
-        await client.reply()
+async def test_idle_client_is_dropped_with_421(tmp_path: Path, app: str) -> None:
+    async with running(tmp_path, app, idle_timeout=0.3) as server:
+        client = await Client.greeted(server.port)
         assert (await client.reply()).startswith("421 4.4.2")
         assert await client.closed()
         await client.close()
 
 
-async def test_slowloris_is_dropped_by_the_session_limit(
-    tmp_path: Path, make_module: Callable[..., str]
-) -> None:
-    async with running(tmp_path, make_module(APP), session_timeout=1.0) as server:
-        client = await Client.connect(server.port)
-        await client.reply()
-        await client.command("EHLO slow.example")
+async def test_slowloris_is_dropped_by_the_session_limit(tmp_path: Path, app: str) -> None:
+    async with running(tmp_path, app, session_timeout=1.0) as server:
+        client = await Client.greeted(server.port, "EHLO slow.example")
         await client.command("MAIL FROM:<a@x.org>")
         await client.command("RCPT TO:<fast@example.com>")
         assert (await client.command("DATA")).startswith("354")
@@ -124,30 +74,23 @@ async def test_slowloris_is_dropped_by_the_session_limit(
         for _ in range(300):  # trickle bytes, each well within the idle timeout
             if farewell.done():
                 break
-            client.writer.write(b"x")
-            await client.writer.drain()
-            await asyncio.sleep(0.05)
+            await client.send(b"x")
+            await asyncio.sleep(0.05)  # the trickle is the test: not a wait for something
         assert (await farewell).startswith("421 4.4.2")
         await client.close()
 
 
 async def test_shutdown_finishes_the_delivery_in_flight_and_turns_others_away(
-    tmp_path: Path, make_module: Callable[..., str]
+    tmp_path: Path, app: str
 ) -> None:
-    app = make_module(APP)
     async with running(tmp_path, app) as server:
-        idle = await Client.connect(server.port)
-        await idle.reply()
-        await idle.command("EHLO idle.example")
-        busy = await Client.connect(server.port)
-        await busy.reply()
+        idle = await Client.greeted(server.port, "EHLO idle.example")
+        busy = await Client.greeted(server.port)
         for line in ("EHLO busy.example", "MAIL FROM:<a@x.org>", "RCPT TO:<slow@example.com>"):
             assert (await busy.command(line)).startswith("250")
         assert (await busy.command("DATA")).startswith("354")
-        busy.writer.write(b"Subject: in flight\r\n\r\nhello\r\n.\r\n")
-        await busy.writer.drain()
-        while not server.handler.in_flight:  # the handler has the message
-            await asyncio.sleep(0.01)
+        await busy.send(b"Subject: in flight\r\n\r\nhello\r\n.\r\n")
+        await until(lambda: server.handler.in_flight)  # the handler has the message
 
         stopping = asyncio.ensure_future(server.stop(timeout=30))
         assert (await idle.reply()).startswith("421 4.3.2")  # idle session told at once
@@ -165,9 +108,7 @@ async def test_shutdown_finishes_the_delivery_in_flight_and_turns_others_away(
         await busy.close()
 
 
-async def test_starttls_with_a_configured_certificate(
-    tmp_path: Path, make_module: Callable[..., str]
-) -> None:
+async def test_starttls_with_a_configured_certificate(tmp_path: Path, app: str) -> None:
     import smtplib
     import ssl
 
@@ -178,7 +119,6 @@ async def test_starttls_with_a_configured_certificate(
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
-    app = make_module(APP)
 
     async with running(
         tmp_path, app, tls_cert=str(tmp_path / "server.pem"), require_starttls=True

@@ -7,36 +7,17 @@ import json
 import logging
 import smtplib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import running
+from helpers import OUTCOMES, running
 
 from mailrouter.cli.common import JsonFormatter, configure_logging
 from mailrouter.config import Settings, load_settings
 
-APP = """
-from mailrouter import SMTPError, route, stateless
-
-@route("ok@(host)")
-@stateless
-def OK(message, host=None):
-    pass
-
-@route("(name)@(host)", name="ok|refuse")
-@stateless
-def REFUSE(message, name, host=None):
-    if name == "refuse":
-        raise SMTPError(550, "5.7.1 Not here")
-
-@route("boom@(host)")
-@stateless
-def BOOM(message, host=None):
-    raise RuntimeError("handler bug")
-"""
-
+APP = OUTCOMES  # ok@ accepted (by OK and REFUSE), refuse@ refused with 550, boom@ fails
 MESSAGE = b"From: a@x.org\r\nSubject: test\r\n\r\nHello.\r\n"
 
 
@@ -52,11 +33,6 @@ def restored_logging() -> Iterator[None]:
     root.handlers[:] = handlers
     root.setLevel(level)
     aiosmtpd.setLevel(aiosmtpd_level)
-
-
-@pytest.fixture
-def app(make_module: Callable[..., str]) -> str:
-    return make_module(APP)
 
 
 def send(port: int, rcpt: str) -> tuple[int, str]:

@@ -6,15 +6,14 @@ import asyncio
 import smtplib
 import socket
 import sys
-import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import running
+from helpers import OUTCOMES, running, until
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailrouter.config import ConfigError, Settings, load_settings
@@ -22,25 +21,7 @@ from mailrouter.errors import MailRouterError
 from mailrouter.runtime.server import Server
 from mailrouter.runtime.workers import check_workers
 
-APP = """
-from mailrouter import SMTPError, route, stateless
-
-@route("ok@(host)")
-@stateless
-def OK(message, host=None):
-    pass
-
-@route("refuse@(host)")
-@stateless
-def REFUSE(message, host=None):
-    raise SMTPError(550, "5.7.1 Not here")
-
-@route("boom@(host)")
-@stateless
-def BOOM(message, host=None):
-    raise RuntimeError("handler bug")
-"""
-
+APP = OUTCOMES  # ok@ accepted (by OK and REFUSE), refuse@ refused with 550, boom@ fails
 MESSAGE = b"From: a@x.org\r\nSubject: test\r\n\r\nHello.\r\n"
 LOOP = b"Received: from a\r\nReceived: from b\r\n" + MESSAGE
 
@@ -66,10 +47,14 @@ async def value(server: Server, name: str, **labels: str) -> float:
 
 async def eventually(server: Server, name: str, expected: float) -> None:
     """Scrape until ``name`` has the expected value; fail after a deadline."""
-    deadline = time.monotonic() + 10
-    while (found := await value(server, name)) != expected:
-        assert time.monotonic() < deadline, f"{name} is {found}, not {expected}"
-        await asyncio.sleep(0.01)
+    found: float | None = None
+
+    async def reached() -> bool:
+        nonlocal found
+        found = await value(server, name)
+        return found == expected
+
+    await until(reached, 10, message=lambda: f"{name} is {found}, not {expected}")
 
 
 def send(port: int, rcpt: str, data: bytes = MESSAGE) -> int:
@@ -88,11 +73,6 @@ async def metered(tmp_path: Path, *handlers: str, **overrides: Any) -> AsyncIter
     async with running(tmp_path, *handlers, **overrides) as server:
         server.serve_metrics(0)
         yield server
-
-
-@pytest.fixture
-def app(make_module: Callable[..., str]) -> str:
-    return make_module(APP)
 
 
 async def test_counters_follow_the_mail(tmp_path: Path, app: str) -> None:

@@ -12,12 +12,13 @@ import asyncio
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Literal
 
 import pytest
+from helpers import running
 from postfix import (
     LMTP_DOMAIN,
     SMTP_DOMAIN,
@@ -26,8 +27,7 @@ from postfix import (
     require_postfix,
 )
 
-from mailrouter.config import Settings
-from mailrouter.runtime.server import Server, build_router
+from mailrouter.runtime.server import Server
 
 APP = """
 from mailrouter import route, stateless, SMTPError
@@ -54,11 +54,6 @@ def message(subject: str) -> bytes:
         f"From: {SENDER}\r\nTo: someone@{SMTP_DOMAIN}\r\nSubject: {subject}\r\n"
         f"Message-ID: <{subject.replace(' ', '-')}@example.org>\r\n\r\nHello.\r\n"
     ).encode()
-
-
-@pytest.fixture
-def app(make_module: Callable[..., str]) -> str:
-    return make_module(APP)
 
 
 def delivered(app: str) -> list[tuple[str, str]]:
@@ -95,28 +90,12 @@ def start_postfix(tmp_path: Path) -> Iterator[StartPostfix]:
                     shutil.copyfile(instance.log_path, tmp_path / "postfix.log")
 
 
-@asynccontextmanager
-async def mailrouter(
+def mailrouter(
     tmp_path: Path, app: str, *, port: int = 0, protocol: Literal["smtp", "lmtp"] = "smtp"
-) -> AsyncIterator[Server]:
+) -> AbstractAsyncContextManager[Server]:
     """mailrouter's real server for ``app`` on 127.0.0.1, serving both test domains."""
-    config = tmp_path / "config"
-    config.mkdir(exist_ok=True)
-    settings = Settings(
-        port=port,
-        protocol=protocol,
-        handlers=(app,),
-        defaults={"host": r"router\.test|lmtp\.test"},
-        config_dir=str(config),
-    )
-    router = build_router(settings)
-    server = Server(settings, router)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.stop(timeout=5)
-        router.store.close()
+    domains = {"host": r"router\.test|lmtp\.test"}
+    return running(tmp_path, app, port=port, protocol=protocol, defaults=domains)
 
 
 async def test_postfix_relays_over_smtp_to_the_handler(

@@ -214,6 +214,24 @@ def test_recover_returns_interrupted_claims(queue: Queue) -> None:
     assert queue.get(keys[0]).data == CRLF_DATA
 
 
+def test_release_keeps_the_failed_attempts_in_the_name(queue: Queue) -> None:
+    key = queue.push(request())
+    assert queue.claim(key).attempts == 0
+    queue.release(key)  # no count given: the entry waits under its key
+    assert queue.keys() == [key]
+    first = queue.release(queue.claim(key).key, attempts=1)
+    assert first == f"{key}:1,1"
+    assert queue.keys() == [first]
+    second = queue.release(queue.claim(first).key, attempts=2)
+    assert second == f"{key}:1,2"  # the count replaces the one before
+    queue.claim(second)
+    assert queue.recover() == 1  # a crash keeps the count too
+    entry = queue.claim(second)
+    assert (entry.attempts, entry.message.recipients) == (2, ["b@y.org", "c@y.org"])
+    queue.finish(second)
+    assert queue.keys() == []
+
+
 def test_write_failure_raises_and_leaves_nothing(tmp_path: Path) -> None:
     queue = Queue(tmp_path / "q")
     tmp = tmp_path / "q" / "tmp"

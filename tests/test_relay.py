@@ -24,7 +24,14 @@ from mailrouter.message import MailRequest
 from mailrouter.outbound import sender as relay_module
 from mailrouter.outbound.outbox import RetryPolicy, Schedule
 from mailrouter.outbound.response import MailResponse
-from mailrouter.outbound.sender import DeliveryError, Relay, RelayError, ResolveError, resolve_mx
+from mailrouter.outbound.sender import (
+    ConnectionOptions,
+    DeliveryError,
+    Relay,
+    RelayError,
+    ResolveError,
+    resolve_mx,
+)
 from mailrouter.queue import Queue
 
 LATER = 10_000.0  # seconds: "now" for a retry pass that finds every entry due
@@ -82,12 +89,14 @@ def response(**kw: Any) -> MailResponse:
     return MailResponse(**args)
 
 
-def make_relay(tmp_path: Path, port: int | None = None, **kw: Any) -> Relay:
-    kw.setdefault("outbox", tmp_path / "outbox")
-    kw.setdefault("failed", tmp_path / "failed")
+def make_relay(
+    tmp_path: Path, port: int | None = None, *, retry: RetryPolicy | None = None, **kw: Any
+) -> Relay:
+    """A relay to the smarthost on ``port`` (None: to the MX), with ``kw`` connection options."""
     kw.setdefault("timeout", 5)
     kw.setdefault("local_hostname", "client.test")
-    return Relay("127.0.0.1" if port is not None else None, port or 25, **kw)
+    options = ConnectionOptions("127.0.0.1" if port is not None else None, port or 25, **kw)
+    return Relay(options, outbox=tmp_path / "outbox", failed=tmp_path / "failed", retry=retry)
 
 
 async def test_delivers_to_a_smarthost_with_the_right_envelope(tmp_path: Path, sink: Sink) -> None:
@@ -168,7 +177,7 @@ async def test_starttls_with_auth(
         relay = make_relay(
             tmp_path, port, username="relayuser", password="s3cret", tls_context=client_tls
         )
-        assert relay.transport.starttls is True  # credentials never go out in the clear
+        assert relay.transport.options.starttls is True  # credentials never go out in the clear
         result = await relay.send_async(response())
         opportunistic = await make_relay(tmp_path, port, tls_context=client_tls).send_async(
             response(to="second@example.com")
@@ -330,7 +339,7 @@ async def test_giving_up_after_the_expiry(tmp_path: Path, closed_port: socket.so
 async def test_without_an_outbox_a_deferral_is_not_ok(tmp_path: Path, sink: Sink) -> None:
     sink.mail_reply = "421 4.3.2 Shutting down"
     async with sink_server(sink) as port:
-        relay = Relay("127.0.0.1", port, timeout=5, local_hostname="client.test")
+        relay = Relay(ConnectionOptions("127.0.0.1", port, timeout=5, local_hostname="client.test"))
         result = await relay.send_async(response())
         with pytest.raises(DeliveryError):
             await relay.send_async(response(), check=True)
@@ -422,18 +431,40 @@ async def test_send_from_a_worker_thread_while_the_loop_runs(tmp_path: Path, sin
 
 
 async def test_module_level_proxy(tmp_path: Path, sink: Sink) -> None:
-    previous = relay_module.configure(None)
-    try:
-        with pytest.raises(RelayError, match="no relay configured"):
-            relay_module.current()
-        async with sink_server(sink) as port:
-            relay_module.configure(make_relay(tmp_path, port))
+    with pytest.raises(RelayError, match="no relay configured"):
+        relay_module.current()
+    async with sink_server(sink) as port:
+        with relay_module.using(make_relay(tmp_path, port)) as relay:
+            assert relay_module.current() is relay
             result = await relay_module.send_async(response())
             threaded = await asyncio.to_thread(relay_module.send, response(to="t@example.com"))
-    finally:
-        relay_module.configure(previous)
+        with pytest.raises(RelayError, match="no relay configured"):
+            await relay_module.send_async(response())
     assert result.status == threaded.status == "delivered"
     assert len(sink.received) == 2
+
+
+async def test_using_sets_the_relay_of_its_own_context_only(tmp_path: Path) -> None:
+    outer, inner, other = (make_relay(tmp_path / name) for name in ("outer", "inner", "other"))
+    entered, checked = asyncio.Event(), asyncio.Event()
+
+    async def elsewhere() -> Any:
+        with relay_module.using(other):
+            entered.set()
+            await checked.wait()
+            return relay_module.current()
+
+    with relay_module.using(outer):
+        task = asyncio.create_task(elsewhere())  # a copy of this context: outer, then other
+        await entered.wait()
+        assert relay_module.current() is outer
+        with relay_module.using(inner):
+            assert relay_module.current() is inner
+        assert relay_module.current() is outer
+        checked.set()
+        assert await task is other
+    with pytest.raises(RelayError):
+        relay_module.current()
 
 
 async def test_run_retries_until_stopped(tmp_path: Path, sink: Sink) -> None:
@@ -484,15 +515,17 @@ def test_from_settings(tmp_path: Path) -> None:
         config_dir=str(tmp_path / "config"),
     )
     relay = relay_module.from_settings(settings)
-    transport = relay.transport
-    assert (transport.host, transport.port, transport.starttls) == ("smtp.example.com", 587, True)
-    assert transport.username == "u" and transport.local_hostname == "mx.example.com"
+    options = relay.transport.options
+    assert (options.host, options.port, options.starttls) == ("smtp.example.com", 587, True)
+    assert options.username == "u" and options.local_hostname == "mx.example.com"
+    assert "'p'" not in repr(options)  # the password stays out of logs
     assert relay.outbox.queue is not None
     assert relay.outbox.queue.path == str(tmp_path / "run" / "outbox")
     direct = relay_module.from_settings(
         Settings(config_dir=str(tmp_path / "config"), relay_starttls="off")
     )
-    assert direct.transport.host is None and direct.transport.starttls is False
+    assert direct.transport.options.host is None and direct.transport.options.starttls is False
+    assert repr(direct) == "Relay(MX)" and repr(relay) == "Relay(smtp.example.com:587)"
 
 
 def test_retry_policy_backoff() -> None:
@@ -509,9 +542,9 @@ def test_retry_policy_backoff() -> None:
         ({"username": "u"}, ValueError),
     ],
 )
-def test_bad_relay_options(kw: dict[str, Any], error: type[Exception]) -> None:
+def test_bad_connection_options(kw: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
-        Relay("smtp.example.com", **kw)
+        ConnectionOptions("smtp.example.com", **kw)
 
 
 async def test_bad_envelopes_raise(tmp_path: Path) -> None:

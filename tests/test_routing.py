@@ -8,7 +8,9 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import mail
@@ -773,3 +775,60 @@ async def test_a_cycling_state_machine_under_concurrent_mail_loses_nothing(
         )
     assert [r for r in results if r.queued] == []
     assert len(sys.modules[app].count) == 200
+
+
+CONTEXT_APP = """
+import contextvars, threading
+from mailrouter import route
+current = contextvars.ContextVar("current", default=None)
+seen = []
+
+@route("(name)@x.org", name="plain|mixed")
+def START(message, name=None):
+    seen.append((name, current.get(), threading.current_thread() is threading.main_thread()))
+    return AWAY
+
+@route("mixed@x.org")
+async def AWAY(message):
+    return START
+"""
+
+
+async def test_plain_handlers_see_the_callers_context_variables(make_module: MakeModule) -> None:
+    app = make_module(CONTEXT_APP)
+    router = Router()
+    router.load([app])
+    module = sys.modules[app]
+    token = module.current.set("the relay")  # as the server sets its relay around deliveries
+    try:
+        # plain@: only plain handlers, one executor call; mixed@: an async handler could run,
+        # so the step runs on the loop and sends the plain handler to the executor
+        for sender, rcpt in (("a@x.org", "plain@x.org"), ("b@x.org", "mixed@x.org")):
+            result = await router.deliver(mail(sender=sender, recipients=[rcpt]))
+            assert not result.queued
+    finally:
+        module.current.reset(token)
+    assert module.seen == [("plain", "the relay", False), ("mixed", "the relay", False)]
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A real thread pool that counts the calls handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.calls = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_a_plain_handlers_step_is_one_executor_call(make_module: MakeModule) -> None:
+    app = make_module(CONTEXT_APP)
+    with CountingExecutor() as executor:
+        router = Router(executor=executor)
+        router.load([app])
+        msg = mail(recipients=["plain@x.org"])
+        await router.deliver(msg)  # the state read, the handler and its transition
+        assert executor.calls == 1
+        assert router.get_state(app, msg) == "AWAY"

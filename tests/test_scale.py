@@ -8,10 +8,11 @@ import smtplib
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_daemon import Project, wait_for
+from helpers import Project, wait_for
 
 from mailrouter.state import open_store
 
@@ -43,13 +44,14 @@ host = 'example\\.com'
 """
 
 
-def make_project(folder: Path, url: str, pids: Path, states: int = 400) -> Project:
-    project = Project(folder)
-    handlers = project.folder / "config" / "handlers"
-    handlers.mkdir(parents=True)
-    (project.folder / "config" / "mailrouter.toml").write_text(CONFIG.format(url=url))
-    (handlers / "counter.py").write_text(COUNTER.format(pids=str(pids), states=states))
-    return project
+MakeProject = Callable[..., Project]
+
+
+def counting(make_project: MakeProject, folder: str, url: str, pids: Path) -> Project:
+    """A project whose handlers count each sender's messages in states (and log the pid)."""
+    return make_project(
+        folder, CONFIG.format(url=url), counter=COUNTER.format(pids=str(pids), states=400)
+    )
 
 
 def send(port: int, sender: str) -> None:
@@ -67,10 +69,12 @@ def store_urls(tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis", "postgresql"])
-def test_two_instances_share_one_conversation_state(tmp_path: Path, kind: str) -> None:
+def test_two_instances_share_one_conversation_state(
+    tmp_path: Path, make_project: MakeProject, kind: str
+) -> None:
     url = next(u for u in store_urls(tmp_path) if u.startswith(kind))
     pids = tmp_path / "pids.txt"
-    instances = [make_project(tmp_path / f"instance{i}", url, pids) for i in range(2)]
+    instances = [counting(make_project, f"instance{i}", url, pids) for i in range(2)]
     ports = [project.start()[0] for project in instances]
     senders = [f"sender{i}@x.org" for i in range(5)]
     sent: Counter[str] = Counter()
@@ -103,7 +107,7 @@ def test_two_instances_share_one_conversation_state(tmp_path: Path, kind: str) -
         for project in instances:
             assert project.run("stop").returncode == 0
     finally:
-        for project in instances:
+        for project in instances:  # before the store is cleared: nothing may write to it after
             project.kill_all()
         if kind != "sqlite":
             writer = open_store(url)
@@ -111,10 +115,12 @@ def test_two_instances_share_one_conversation_state(tmp_path: Path, kind: str) -
             writer.close()
 
 
-def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path: Path) -> None:
+def test_workers_share_the_port_and_a_dead_worker_is_replaced(
+    tmp_path: Path, make_project: MakeProject
+) -> None:
     pids = tmp_path / "pids.txt"
     pids.touch()
-    project = make_project(tmp_path / "proj", f"sqlite:///{tmp_path}/state.db", pids)
+    project = counting(make_project, "proj", f"sqlite:///{tmp_path}/state.db", pids)
     port, supervisor = project.start("--workers", "2")
     try:
         for i in range(40):
@@ -151,25 +157,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_workers_refuse_a_store_that_is_not_shared(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "proj", "shelve://run/state.db", tmp_path / "pids.txt")
+def test_workers_refuse_a_store_that_is_not_shared(
+    tmp_path: Path, make_project: MakeProject
+) -> None:
+    project = counting(make_project, "proj", "shelve://run/state.db", tmp_path / "pids.txt")
     result = project.run("start", "--port", "0", "--workers", "2")
     assert result.returncode != 0
     assert "safe across processes" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_workers_in_spool_mode_each_keep_their_own_spool(tmp_path: Path) -> None:
+def test_workers_in_spool_mode_each_keep_their_own_spool(
+    tmp_path: Path, make_project: MakeProject
+) -> None:
     pids = tmp_path / "pids.txt"
     pids.touch()
-    project = make_project(tmp_path / "proj", f"sqlite:///{tmp_path}/state.db", pids)
+    project = counting(make_project, "proj", f"sqlite:///{tmp_path}/state.db", pids)
     port, _ = project.start("--workers", "2", "--mode", "spool")
-    try:
-        for i in range(40):
-            send(port, f"s{i}@x.org")
-        wait_for(lambda: len(pids.read_text().split()) == 40)  # every message routed
-        assert len(set(pids.read_text().split())) == 2
-        spools = sorted(p.name for p in (project.folder / "run" / "spool").iterdir())
-        assert spools == ["worker-0", "worker-1"]
-        assert project.run("stop").returncode == 0
-    finally:
-        project.kill_all()
+    for i in range(40):
+        send(port, f"s{i}@x.org")
+    wait_for(lambda: len(pids.read_text().split()) == 40)  # every message routed
+    assert len(set(pids.read_text().split())) == 2
+    spools = sorted(p.name for p in (project.folder / "run" / "spool").iterdir())
+    assert spools == ["worker-0", "worker-1"]
+    assert project.run("stop").returncode == 0

@@ -5,46 +5,35 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import lmtp_send, running
+from helpers import OUTCOMES, lmtp_send, running, small_disk
 
 from mailrouter.queue import Queue
 
-APP = """
-from mailrouter import route, route_like, stateless, SMTPError
+APP = (
+    """
+from mailrouter import route
+
 seen = []
+
 
 @route("(list)-subscribe@(host)", list="[a-z]+")
 def START(message, list=None, host=None):
     seen.append(("START", message.recipient, list))
     return MEMBER
 
+
 @route("(list)@(host)", list="[a-z]+")
 def MEMBER(message, list=None, host=None):
     seen.append(("MEMBER", message.recipient, list))
-
-@route("refuse@(host)")
-@stateless
-def REFUSE(message, host=None):
-    raise SMTPError(550, "5.7.1 Not here")
-
-@route("later@(host)")
-@stateless
-def LATER(message, host=None):
-    raise SMTPError(450, "4.2.1 Busy, later")
-
-@route("boom@(host)")
-@stateless
-def BOOM(message, host=None):
-    raise RuntimeError("handler bug")
 """
+    + OUTCOMES
+)
 
 MESSAGE = b"From: a@x.org\r\nSubject: test\r\nMessage-ID: <1@x.org>\r\n\r\nHello.\r\n"
-Running = Callable[..., Any]
 
 
 def smtp_send(port: int, sender: str, rcpts: list[str], data: bytes = MESSAGE) -> Any:
@@ -54,11 +43,6 @@ def smtp_send(port: int, sender: str, rcpts: list[str], data: bytes = MESSAGE) -
 
 def seen(app: str) -> list[tuple[str, str, str]]:
     return sys.modules[app].seen  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def app(make_module: Callable[..., str]) -> str:
-    return make_module(APP)
 
 
 async def test_every_recipient_of_a_message_is_routed(tmp_path: Path, app: str) -> None:
@@ -262,19 +246,7 @@ async def test_unwritable_queue_is_a_temporary_failure_and_nothing_is_half_writt
 
 
 async def test_full_disk_is_452_and_nothing_is_half_written(tmp_path: Path, app: str) -> None:
-    import os
-    import subprocess
-
-    queue_dir = tmp_path / "run" / "undeliverable"
-    queue_dir.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(queue_dir)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a small tmpfs: {mounted.stderr.decode()}")
-        pytest.skip("mounting a tmpfs needs root")
-    try:
+    with small_disk(tmp_path / "run" / "undeliverable") as queue_dir:
         async with running(tmp_path, app) as server:
             big = MESSAGE + (b"x" * 76 + b"\r\n") * 2000  # ~156 KB, more than the 64 KB disk
             with pytest.raises(smtplib.SMTPDataError) as info:
@@ -284,8 +256,6 @@ async def test_full_disk_is_452_and_nothing_is_half_written(tmp_path: Path, app:
             assert list((queue_dir / "tmp").iterdir()) == []
             # a small message still fits: the server kept serving
             assert await asyncio.to_thread(smtp_send, server.port, "joe@x.org", ["no@x.org"]) == {}
-    finally:
-        subprocess.run(["umount", str(queue_dir)], check=True)
 
 
 async def test_lmtp_data_errors_get_one_reply_per_recipient(tmp_path: Path, app: str) -> None:

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import smtplib
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import lmtp_send, mail, running
 
+from mailrouter.errors import StoreError
+from mailrouter.inbound.spool import Spool
 from mailrouter.queue import Queue
+from mailrouter.routing.router import Router
+from mailrouter.state import MemoryStorage
 
 HANDLERS = """
 import threading
@@ -196,3 +201,71 @@ async def test_a_full_spool_disk_is_452(tmp_path: Path, app: str) -> None:
             assert list((spool_dir / "tmp").iterdir()) == []
     finally:
         subprocess.run(["umount", str(spool_dir)], check=True)
+
+
+class DownStore(MemoryStorage):
+    """A state store whose reads fail, as when its server is down."""
+
+    def get(self, key: str, sender: str) -> str:
+        raise StoreError("the state store is down")
+
+
+@contextlib.asynccontextmanager
+async def spooling(tmp_path: Path, app: str, max_attempts: int) -> AsyncIterator[Spool]:
+    """A started Spool on ``tmp_path/spool`` feeding a router whose state store is down."""
+    router = Router(
+        store=DownStore(),
+        undeliverable=Queue(tmp_path / "undeliverable"),
+        defaults={"host": r"example\.com"},
+    )
+    router.load([app])
+    spool = Spool(Queue(tmp_path / "spool"), router, concurrency=2, max_attempts=max_attempts)
+    await spool.start()
+    try:
+        yield spool
+    finally:
+        await spool.stop(timeout=5)
+        router.close()
+
+
+def parked(queue: Queue) -> list[dict[str, str]]:
+    """The reasons of each entry in ``queue``, oldest first."""
+    waiting = queue.keys()
+    return [queue.read(key).reasons for key in waiting]
+
+
+async def test_a_message_that_keeps_failing_is_parked_after_max_attempts(
+    tmp_path: Path, app: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with spooling(tmp_path, app, max_attempts=2) as spool:
+        await spool.accept(mail(recipients=["rec@example.com"], subject="doomed"))
+        undeliverable = Queue(tmp_path / "undeliverable")
+        await until(lambda: len(undeliverable.keys()) == 1)  # after one retry
+    assert parked(undeliverable) == [
+        {"rec@example.com": "delivery failed 2 times, last: StoreError: the state store is down"}
+    ]
+    assert not [*(tmp_path / "spool" / "new").iterdir(), *(tmp_path / "spool" / "cur").iterdir()]
+    assert "(attempt 1 of 2), retrying in 1s: StoreError" in caplog.text
+    [line] = [r for r in caplog.records if "queued as undeliverable" in r.getMessage()]
+    assert line.levelname == "ERROR"
+    assert handlers(app).seen == []
+
+
+async def test_the_attempt_count_survives_a_restart(tmp_path: Path, app: str) -> None:
+    earlier = Queue(tmp_path / "spool")
+    key = earlier.push(mail(recipients=["rec@example.com"]))
+    earlier.claim(key)
+    earlier.release(key, attempts=2)  # what a run that failed twice left behind
+    async with spooling(tmp_path, app, max_attempts=3):
+        undeliverable = Queue(tmp_path / "undeliverable")
+        await until(lambda: len(undeliverable.keys()) == 1)  # at once: the third attempt
+    assert parked(undeliverable) == [
+        {"rec@example.com": "delivery failed 3 times, last: StoreError: the state store is down"}
+    ]
+    assert earlier.keys() == []
+
+
+def test_max_attempts_must_allow_one_attempt(tmp_path: Path) -> None:
+    router = Router(undeliverable=Queue(tmp_path / "undeliverable"))
+    with pytest.raises(ValueError, match="max_attempts"):
+        Spool(Queue(tmp_path / "spool"), router, concurrency=1, max_attempts=0)

@@ -32,6 +32,7 @@ from urllib.parse import urlencode, urlsplit
 import psycopg
 import pytest
 import redis
+from helpers import mail, running, until, wait_for
 
 from mailrouter.errors import StoreError
 from mailrouter.state import START, StateStorage, open_store
@@ -277,11 +278,17 @@ def run_together(procs: list[subprocess.Popen[bytes]]) -> None:
             assert child.wait(60) == 0
     finally:
         for child in procs:
-            if child.poll() is None:
-                child.kill()
-                child.wait(WAIT)
-            assert child.stdout is not None
-            child.stdout.close()
+            reap(child)
+
+
+def reap(child: subprocess.Popen[bytes]) -> None:
+    """Kill ``child`` if it still runs, wait for it, and close its pipes."""
+    if child.poll() is None:
+        child.kill()
+        child.wait(WAIT)
+    for pipe in (child.stdin, child.stdout):
+        if pipe is not None:
+            pipe.close()
 
 
 def try_lock(url: str, key: str = "k", sender: str = "joe@x.org") -> str:
@@ -323,12 +330,7 @@ def test_lock_of_killed_process_is_freed(shared: Shared) -> None:
             assert other.get("k", "joe@x.org") == "TAKEN"
         assert time.monotonic() - started < 5
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(WAIT)
-        for pipe in (child.stdin, child.stdout):
-            if pipe is not None:
-                pipe.close()
+        reap(child)
 
 
 # -- locks in one process -----------------------------------------------------------------------
@@ -409,7 +411,7 @@ def test_close_interrupts_a_lock_wait(shared: Shared) -> None:
         with holder.lock("k", "s@x.org"):
             thread = threading.Thread(target=wait_for_lock)
             thread.start()
-            time.sleep(0.2)  # let it start waiting; closing first would be fine too
+            time.sleep(0.2)  # no store tells when it waits: time to start (closing first is fine)
             started = time.monotonic()
             waiter.close()
             thread.join(WAIT)
@@ -509,12 +511,8 @@ def kill_connections(kind: str, name: str) -> int:
             )
         ]
         admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
-        deadline = time.monotonic() + WAIT
-        while admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
-        ).fetchone() != (0,):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)"
+        wait_for(lambda: admin.execute(alive, (pids,)).fetchone() == (0,), WAIT, interval=0.01)
     return len(pids)
 
 
@@ -637,16 +635,18 @@ def test_server_down_is_a_store_error_then_recovers(server_shared: Shared, proxy
             with pytest.raises(StoreError):
                 call()
         proxy.start()
-        deadline = time.monotonic() + 30
-        while True:  # the first calls may still fail while it reconnects
+        started = time.monotonic()
+
+        def kept() -> bool:
             try:
                 with store.lock("k", "s"):
                     assert store.get("k", "s") == "KEPT"
-                break
             except StoreError:
-                assert time.monotonic() < deadline, "the store did not reconnect"
-                time.sleep(0.1)
-        reconnected = time.monotonic() - deadline + 30
+                return False  # the first calls may still fail while it reconnects
+            return True
+
+        wait_for(kept, 30, interval=0.1, message="the store did not reconnect")
+        reconnected = time.monotonic() - started
         store.set("k", "s", "BACK")
         with store.lock("k", "s"):
             assert store.get("k", "s") == "BACK"
@@ -680,8 +680,6 @@ async def test_smtp_answers_451_while_the_store_is_down_then_250(
 ) -> None:
     """Over SMTP: the store's server goes away, the MTA is told to retry; it comes back, mail
     is accepted again on the same running server, with the state kept."""
-    from helpers import running
-
     app = make_module(COUNTING)
     async with running(tmp_path, app, state_url=through(server_shared, proxy)) as server:
         assert (await asyncio.to_thread(_smtp_reply, server.port))[0] == 250
@@ -691,11 +689,13 @@ async def test_smtp_answers_451_while_the_store_is_down_then_250(
         code, text = await asyncio.to_thread(_smtp_reply, server.port)
         assert (code, text[:6]) == (451, b"4.3.0 ")
         proxy.start()
-        deadline = time.monotonic() + 30
-        while (reply := await asyncio.to_thread(_smtp_reply, server.port))[0] != 250:
-            assert reply[0] == 451, reply
-            assert time.monotonic() < deadline, "the server did not reconnect to the store"
-            await asyncio.sleep(0.1)
+
+        async def accepted() -> bool:
+            reply = await asyncio.to_thread(_smtp_reply, server.port)
+            assert reply[0] in (250, 451), reply  # deferred until the server reconnects
+            return reply[0] == 250
+
+        await until(accepted, 30, interval=0.1, message="the server did not reconnect to the store")
         assert not list((tmp_path / "run" / "undeliverable" / "new").glob("*"))
     with closing(server_shared.open()) as store:
         # two messages accepted, two transitions (START -> NEXT -> START); a 451 moved nothing
@@ -798,12 +798,7 @@ def test_sqlite_lock_is_per_pair_across_processes(tmp_path: Path) -> None:
         assert child.wait(WAIT) == -signal.SIGKILL
         assert try_lock(f"{url}?lock_wait=5") == "locked"  # no lease to wait out
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(WAIT)
-        for pipe in (child.stdin, child.stdout):
-            if pipe is not None:
-                pipe.close()
+        reap(child)
 
 
 def test_sqlite_closing_one_store_keeps_the_locks_of_another(tmp_path: Path) -> None:
@@ -945,14 +940,13 @@ else:
     @route("{name}@(host)")
     def START(message, host=None):
         enter()
-        time.sleep(0.002)
+        time.sleep(0.002)  # held a while, so that an overlap would show
         leave()
 """
 
 
 async def test_routers_sharing_a_store(shared: Shared, make_module: Callable[..., str]) -> None:
     """Two routers (as two worker processes would) on one store never overlap one sender."""
-    from helpers import mail
 
     from mailrouter import Router
 

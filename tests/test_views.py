@@ -29,11 +29,8 @@ def folder(tmp_path: Path) -> Iterator[Path]:
     folder.mkdir()
     (folder / "welcome.txt").write_text(TEXT)
     (folder / "welcome.html").write_text(HTML)
-    previous = views.configure(folder)
-    try:
+    with views.using(folder):
         yield folder
-    finally:
-        views.configure(previous)
 
 
 def test_text_templates_are_not_escaped(folder: Path) -> None:
@@ -125,23 +122,23 @@ def test_header_values_are_not_templates(folder: Path) -> None:
     assert response.message()["Subject"] == subject
 
 
-def test_configure_switches_folders_and_changed_files_reload(tmp_path: Path) -> None:
+def test_using_switches_folders_for_its_block_and_changed_files_reload(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     for where, text in ((first, "one {{ n }}"), (second, "two {{ n }}")):
         where.mkdir()
         (where / "t.txt").write_text(text)
-    previous = views.configure(first)
-    try:
-        assert views.current() == first
+    with views.using(str(first)) as chosen:
+        assert chosen == views.current() == first
         assert views.render("t.txt", n=1) == "one 1"
-        assert views.configure(second) == first
-        assert views.render("t.txt", n=2) == "two 2"
-        (second / "t.txt").write_text("changed {{ n }}")
-        stat = (second / "t.txt").stat()
-        os.utime(second / "t.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-        assert views.render("t.txt", n=3) == "changed 3"
-    finally:
-        views.configure(previous)
+        with views.using(second):
+            assert views.render("t.txt", n=2) == "two 2"
+            (second / "t.txt").write_text("changed {{ n }}")
+            stat = (second / "t.txt").stat()
+            os.utime(second / "t.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+            assert views.render("t.txt", n=3) == "changed 3"
+        assert views.current() == first
+        assert views.render("t.txt", n=4) == "one 4"
+    assert views.current() == Path("templates")
 
 
 def test_the_default_folder_is_templates_in_the_working_folder(
@@ -150,24 +147,19 @@ def test_the_default_folder_is_templates_in_the_working_folder(
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "t.txt").write_text("here")
     monkeypatch.chdir(tmp_path)
-    previous = views.configure(None)
-    try:
-        assert views.current() == Path("templates")
-        assert views.render("t.txt") == "here"
-    finally:
-        views.configure(previous)
+    assert views.current() == Path("templates")
+    assert views.render("t.txt") == "here"
 
 
 def test_without_jinja2_the_error_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "jinja2", None)  # makes `import jinja2` fail
-    previous = views.configure(tmp_path)  # a folder not loaded before
-    try:
-        with pytest.raises(views.TemplatesUnavailable, match=r"pip install 'mailrouter\[templ"):
-            views.render("t.txt")
-    finally:
-        views.configure(previous)
+    with (
+        views.using(tmp_path),  # a folder not loaded before
+        pytest.raises(views.TemplatesUnavailable, match=r"pip install 'mailrouter\[templ"),
+    ):
+        views.render("t.txt")
 
 
 def test_the_templates_setting_is_relative_to_the_project(tmp_path: Path) -> None:
@@ -190,12 +182,9 @@ async def test_the_server_loads_templates_from_the_setting(tmp_path: Path) -> No
         seen.append(views.current())
         os.kill(os.getpid(), signal.SIGTERM)  # serve() handles it: stops cleanly
 
-    previous = views.configure(None)
-    try:
-        await serve(settings, on_ready=ready)
-    finally:
-        views.configure(previous)
+    await serve(settings, on_ready=ready)
     assert seen == [tmp_path / "views"]
+    assert views.current() == Path("templates")  # the server's folder was for its run only
 
 
 WELCOME = """
@@ -223,12 +212,9 @@ def test_a_handler_responds_with_templates_in_a_conversation(
 ) -> None:
     (tmp_path / "welcome.txt").write_text("You wrote {{ subject }} to {{ host }}.")
     (tmp_path / "welcome.html").write_text("<p>You wrote {{ subject }} to {{ host }}.</p>")
-    previous = views.configure(tmp_path)
-    try:
+    with views.using(tmp_path):
         conversation.router.load([make_module(WELCOME)])
         result = conversation.say("welcome@example.com", subject="<b>hi</b> & bye")
-    finally:
-        views.configure(previous)
     assert [reply.code for reply in result.replies] == [250]
     (sent,) = conversation.delivered(to=conversation.sender, subject="^Welcome$")
     assert sent["From"] == "welcome@example.com"

@@ -6,11 +6,13 @@ import asyncio
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiosmtpd.smtp
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from helpers import running
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -54,7 +56,7 @@ async def transcript(port: int, chunks: list[bytes]) -> bytes:
     for chunk in chunks:
         writer.write(chunk)
         await writer.drain()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a turn of the loop between chunks: the splits are the test
     writer.write(b"\r\n.\r\nQUIT\r\n")
     received = await asyncio.wait_for(reader.read(), 30)
     writer.close()
@@ -225,19 +227,12 @@ def test_simple_path_takes_only_the_plain_form(arg: str, parsed: tuple[str, str]
 
 @pytest.mark.parametrize("protocol", ["smtp", "lmtp"])
 async def test_hook_listing_gives_aiosmtpd_the_tables_a_full_listing_gives(
-    tmp_path: Any, protocol: str
+    tmp_path: Path, protocol: str
 ) -> None:
     """A session's commands, AUTH mechanisms and handler hooks are found as without the
     shortened ``dir()``."""
-    from mailrouter.config import Settings
-    from mailrouter.runtime.server import Server, build_router
-
-    settings = Settings(port=0, handlers=(), protocol=protocol, config_dir=str(tmp_path))
-    router = build_router(settings)
-    try:
-        session = Server(settings, router)._session()
-    finally:
-        router.close()
+    async with running(tmp_path, protocol=protocol) as server:
+        session = server._session()
 
     def everything(obj: object, prefix: str) -> set[str]:
         names = object.__dir__(obj)

@@ -58,7 +58,7 @@ def start(config: str, foreground: bool, **overrides: Any) -> None:
     if overrides.get("handlers") == ():
         overrides["handlers"] = None
     settings = project_settings(config, overrides)
-    from mailrouter.runtime.server import run
+    from mailrouter.runtime.launch import run
 
     if foreground:
         daemon.ensure_not_running(settings)

@@ -3,6 +3,8 @@
 Every error reply gets an enhanced status code, no reply echoes control characters or
 undecodable bytes, malformed paths are syntax errors, and a session is closed with a reason
 (idle, too long, too many errors, shutting down) once any message in delivery is answered.
+Sessions see the server only through a small ``ServerState``: the open sessions, whether it is
+draining, and its limits.
 """
 
 from __future__ import annotations
@@ -10,54 +12,34 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from aiosmtpd.lmtp import LMTP
 
+from mailrouter import replies
 from mailrouter.inbound.wire import FastSMTP
 
-if TYPE_CHECKING:
-    from mailrouter.runtime.server import Server
-
-# Enhanced status codes (RFC 3463) for the replies aiosmtpd sends without one.
-_ENHANCED_BY_CODE = {
-    421: "4.3.2",
-    451: "4.3.0",
-    500: "5.5.2",
-    501: "5.5.4",
-    502: "5.5.1",
-    503: "5.5.1",
-    504: "5.5.4",
-    530: "5.7.0",
-    550: "5.1.1",
-    552: "5.3.4",
-    553: "5.1.3",
-    554: "5.6.0",
-    555: "5.5.4",
-}
-_BAD_ADDRESS = {
-    "MAIL": "501 5.1.7 Bad sender address syntax",
-    "RCPT": "501 5.1.3 Bad recipient address syntax",
-}
+_BAD_ADDRESS = {"MAIL": str(replies.BAD_SENDER), "RCPT": str(replies.BAD_RECIPIENT)}
 
 
-def _printable(text: str) -> str:
-    """Reply text safe to send: control characters and undecodable bytes become ``?``."""
-    if text.isprintable() and text.isascii():
-        return text
-    return "".join(
-        "?" if not char.isprintable() or "\udc80" <= char <= "\udcff" else char for char in text
-    )
+@dataclass(eq=False)
+class ServerState:
+    """What sessions share with their server: the open sessions, draining, and the limits."""
 
+    max_connections: int
+    session_timeout: float
+    max_errors: int
+    sessions: set[SMTPSession] = field(default_factory=set)
+    draining: bool = False
 
-def _enhance(status: str) -> str:
-    """Add an enhanced status code to an error reply that lacks one."""
-    code = status[:3]
-    if not code.isdigit() or int(code) < 400 or status[4:5].isdigit():
-        return status
-    enhanced = _ENHANCED_BY_CODE.get(int(code), f"{code[0]}.0.0")
-    text = status[4:].removeprefix("Error: ").removeprefix("Error ")
-    return f"{code} {enhanced} {text}"
+    def refusal(self) -> str | None:
+        """The reply that turns a new connection away, or None to serve it."""
+        if self.draining:
+            return str(replies.SHUTTING_DOWN)
+        if len(self.sessions) >= self.max_connections:
+            return str(replies.TOO_MANY_CONNECTIONS)
+        return None
 
 
 def _say_and_close(transport: asyncio.BaseTransport, status: str) -> None:
@@ -71,8 +53,8 @@ def _say_and_close(transport: asyncio.BaseTransport, status: str) -> None:
 class SMTPSession(FastSMTP):
     """aiosmtpd's SMTP session with mailrouter's limits, enhanced codes and graceful closing."""
 
-    owner: Server
-    delivering = False
+    server_state: ServerState  # set by the server's session factory
+    delivering = False  # a message is in the handler: closing waits for its reply
     _command = ""  # MAIL or RCPT while aiosmtpd handles one
     _tracked = False
     _errors = 0
@@ -102,6 +84,15 @@ class SMTPSession(FastSMTP):
         finally:
             self._command = ""
 
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        if command != "DATA":
+            return await super()._call_handler_hook(command, *args)
+        self.delivering = True
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self.delivering = False
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's path parser, made total: anything it cannot parse is malformed."""
         path = arg.lstrip()
@@ -117,7 +108,7 @@ class SMTPSession(FastSMTP):
         if self._tracked:  # called again on the TLS transport after STARTTLS
             super().connection_made(transport)
             return
-        refusal = self.owner.refusal()
+        refusal = self.server_state.refusal()
         if refusal is not None:
             _say_and_close(transport, refusal)
             return
@@ -125,18 +116,18 @@ class SMTPSession(FastSMTP):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._tracked = True
-        self.owner.sessions.add(self)
+        self.server_state.sessions.add(self)
         super().connection_made(transport)
         self._expiry = self.loop.call_later(
-            self.owner.settings.session_timeout,
+            self.server_state.session_timeout,
             self.close_with,
-            "421 4.4.2 Session time limit exceeded, closing connection",
+            str(replies.SESSION_TIMEOUT),
         )
 
     def connection_lost(self, error: Exception | None) -> None:
         if not self._tracked:  # refused before the session started
             return
-        self.owner.sessions.discard(self)
+        self.server_state.sessions.discard(self)
         if self._expiry is not None:
             self._expiry.cancel()
         super().connection_lost(error)
@@ -160,19 +151,19 @@ class SMTPSession(FastSMTP):
         if self.delivering:
             self._reset_timeout()
             return
-        self.close_with("421 4.4.2 Idle timeout, closing connection")
+        self.close_with(str(replies.IDLE_TIMEOUT))
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             if status.startswith("553") and self._command:  # aiosmtpd's "malformed address"
                 status = _BAD_ADDRESS[self._command]
             lines = status.split("\r\n")
-            status = "\r\n".join(_enhance(_printable(line)) for line in lines)
+            status = "\r\n".join(replies.clean(line) for line in lines)
         await super().push(status)
         if isinstance(status, str) and status[:1] == "5":
             self._errors += 1
-            if self._errors >= self.owner.settings.max_errors:
-                self.close_with("421 4.7.0 Too many errors, closing connection")
+            if self._errors >= self.server_state.max_errors:
+                self.close_with(str(replies.TOO_MANY_ERRORS))
         if self._farewell is not None and not self.delivering:
             self.close_with(self._farewell)
 

@@ -4,7 +4,9 @@ tasks then feed the router from the spool, so handler latency no longer holds up
 Delivery from the spool is at least once: an entry is claimed, routed, and only then deleted,
 so a crash (or a state store that is down) means the message is routed again, never lost. What
 the client can no longer be told goes to the undeliverable queue instead: a recipient whose
-handler refused the message, or the whole message when its handlers time out.
+handler refused the message, the whole message when its handlers time out, and the whole
+message after ``max_attempts`` failed tries (their count is kept in the spool entry's name, so
+it survives a restart).
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
 
 from mailrouter.errors import QueueError
 from mailrouter.message import MailRequest
-from mailrouter.queue import Queue
+from mailrouter.queue import Queue, QueueEntry
+from mailrouter.routing.executor import run_blocking
 from mailrouter.routing.router import Router
 
 log = logging.getLogger(__name__)
@@ -30,31 +31,40 @@ class Spool:
     """The incoming maildir and the tasks that deliver from it."""
 
     def __init__(
-        self, queue: Queue, router: Router, *, concurrency: int, handler_timeout: float = 0
+        self,
+        queue: Queue,
+        router: Router,
+        *,
+        concurrency: int,
+        handler_timeout: float = 0,
+        max_attempts: int = 10,
     ) -> None:
+        if router.undeliverable is None:
+            raise ValueError("spool mode needs a router with an undeliverable queue")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {max_attempts!r}")
         self.queue = queue
         self.router = router
         self.concurrency = concurrency
         self.handler_timeout = handler_timeout or None
-        if router.undeliverable is None:
-            raise ValueError("spool mode needs a router with an undeliverable queue")
+        self.max_attempts = max_attempts
         self.undeliverable = router.undeliverable
+        self._executor = router.executor
         self._waiting: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
-        self._retries: dict[str, float] = {}  # key -> the delay before its next try
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # key -> its next try
 
     async def accept(self, message: MailRequest) -> str:
         """Store ``message`` durably (QueueError if it cannot be) and schedule its delivery."""
-        key: str = await self._blocking(self.queue.push, message)
+        key = await run_blocking(self._executor, self.queue.push, message)
         self._waiting.put_nowait(key)
         return key
 
     async def start(self) -> int:
         """Deliver what an earlier run left in the spool first, then new mail; how much was left."""
-        await self._blocking(self.queue.recover)
-        left: list[str] = await self._blocking(self.queue.keys)
+        await run_blocking(self._executor, self.queue.recover)
+        left = await run_blocking(self._executor, self.queue.keys)
         for key in left:
             self._waiting.put_nowait(key)
         if left:
@@ -67,8 +77,9 @@ class Spool:
 
         What is not delivered stays in the spool for the next start.
         """
-        for timer in self._timers:
+        for timer in self._timers.values():
             timer.cancel()
+        self._timers.clear()
         for task in self._tasks:
             if task not in self._busy:
                 task.cancel()
@@ -98,52 +109,76 @@ class Spool:
             self._busy.add(task)
             try:
                 await self._deliver(key)
+            except QueueError as exc:  # the entry stays claimed: recover() returns it at start
+                log.error("cannot finish or put back %s in the spool: %s", key, exc)
             finally:
                 self._busy.discard(task)
 
     async def _deliver(self, key: str) -> None:
+        """Claim and route one entry; then delete it, or put it back to be tried again."""
         try:
-            entry = await self._blocking(self.queue.claim, key)
+            entry = await run_blocking(self._executor, self.queue.claim, key)
         except KeyError:
             return  # already delivered
         except QueueError as exc:
             log.error("cannot read %s from the spool: %s", key, exc)
             return
-        message = entry.message
+        failure = await self._route(entry)
+        if failure is not None and entry.attempts + 1 >= self.max_attempts:
+            reason = f"delivery failed {entry.attempts + 1} times, last: {failure}"
+            failure = await self._park(entry, reason)
+        if failure is not None:
+            await self._retry_later(entry, failure)
+            return
+        await run_blocking(self._executor, self.queue.finish, key)
+
+    async def _route(self, entry: QueueEntry) -> str | None:
+        """Route the entry's message; why it must be tried again, or None if it is done with."""
         try:
             result = await asyncio.wait_for(
-                self.router.deliver(message, keep_refused=True), self.handler_timeout
+                self.router.deliver(entry.message, keep_refused=True), self.handler_timeout
             )
         except TimeoutError:  # a handler that hangs would hang again: park the message
-            reasons = dict.fromkeys(message.recipients, "handlers timed out")
-            try:
-                await self._blocking(self.undeliverable.push, message, reasons)
-            except QueueError as exc:
-                self._retry_later(key, str(exc))
-                return
-            log.error("handlers for %s timed out; queued as undeliverable", key)
+            return await self._park(entry, "handlers timed out")
         except Exception as exc:  # the state store or the queue: try again later
-            self._retry_later(key, f"{type(exc).__name__}: {exc}")
-            return
-        else:
-            if result.reasons and not result.queued:
-                self._retry_later(key, "the undeliverable queue is not writable")
-                return
-        self._retries.pop(key, None)
-        await self._blocking(self.queue.finish, key)
+            return f"{type(exc).__name__}: {exc}"
+        if result.reasons and not result.queued:
+            return "the undeliverable queue is not writable"
+        return None
 
-    def _retry_later(self, key: str, why: str) -> None:
-        """Put a claimed entry back and deliver it again after a growing delay."""
-        delay = self._retries.get(key, _FIRST_RETRY)
-        self._retries[key] = min(delay * 2, _LAST_RETRY)
-        log.error("delivery of %s from the spool failed, retrying in %.0fs: %s", key, delay, why)
-        self.queue.release(key)
-        timer = asyncio.get_running_loop().call_later(delay, self._requeue, key)
-        self._timers.add(timer)
+    async def _park(self, entry: QueueEntry, reason: str) -> str | None:
+        """Put the whole message into the undeliverable queue; None, or why it cannot be."""
+        message = entry.message
+        reasons = dict.fromkeys(message.recipients, reason)
+        try:
+            await run_blocking(self._executor, self.undeliverable.push, message, reasons)
+        except QueueError as exc:
+            return str(exc)
+        log.error(
+            "%s from %r to %r queued as undeliverable: %s",
+            entry.key,
+            message.sender,
+            message.recipients,
+            reason,
+        )
+        return None
+
+    async def _retry_later(self, entry: QueueEntry, failure: str) -> None:
+        """Put a claimed entry back, one more failed attempt counted in its name, and deliver it
+        again after a delay that doubles with each attempt."""
+        attempts = entry.attempts + 1
+        delay = min(_FIRST_RETRY * 2 ** min(attempts - 1, 16), _LAST_RETRY)
+        log.error(
+            "delivery of %s from the spool failed (attempt %d of %d), retrying in %.0fs: %s",
+            entry.key,
+            attempts,
+            self.max_attempts,
+            delay,
+            failure,
+        )
+        key = await run_blocking(self._executor, self.queue.release, entry.key, attempts=attempts)
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self._requeue, key)
 
     def _requeue(self, key: str) -> None:
-        self._timers = {timer for timer in self._timers if not timer.cancelled()}
+        self._timers.pop(key, None)
         self._waiting.put_nowait(key)
-
-    async def _blocking(self, func: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.router.executor, func, *args)

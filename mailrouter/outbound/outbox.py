@@ -32,21 +32,21 @@ from mailrouter.queue import Queue, QueueEntry
 
 log = logging.getLogger(__name__)
 
-Status = Literal["delivered", "deferred", "failed"]
+AttemptStatus = Literal["delivered", "deferred", "failed"]
 _SCHEDULE = re.compile(r"attempts=(\d+) first=(\d+(?:\.\d*)?) next=(\d+(?:\.\d*)?) ?(.*)", re.S)
 _LOCK_FILE = "retry.lock"
 _CONCURRENCY = 8  # outbox entries tried at the same time
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Attempt:
     """What became of one recipient in one delivery attempt, with the server's reply."""
 
-    status: Status
+    status: AttemptStatus
     reply: str
 
 
-Deliver = Callable[[str, list[str], bytes], Awaitable[dict[str, Outcome]]]
+Deliver = Callable[[str, list[str], bytes], Awaitable[dict[str, Attempt]]]
 
 
 @dataclass(frozen=True)
@@ -131,27 +131,27 @@ class Outbox:
         self,
         sender: str,
         data: bytes,
-        outcomes: Mapping[str, Outcome],
+        attempts: Mapping[str, Attempt],
         schedule: Schedule | None = None,
         now: float | None = None,
     ) -> Stored:
-        """Keep what ``outcomes`` did not deliver: deferred recipients in the outbox with their
+        """Keep what ``attempts`` did not deliver: deferred recipients in the outbox with their
         next schedule (or failed when they have expired), failed ones in the failed maildir."""
         now = time.time() if now is None else now
-        deferred = {r: o.reply for r, o in outcomes.items() if o.status == "deferred"}
-        failed = {r: o.reply for r, o in outcomes.items() if o.status == "failed"}
+        deferred = {r: a.reply for r, a in attempts.items() if a.status == "deferred"}
+        failed = {r: a.reply for r, a in attempts.items() if a.status == "failed"}
         outbox_key = failed_key = None
         retry_at = None
         if deferred:
-            attempts = (schedule.attempts if schedule else 0) + 1
+            count = (schedule.attempts if schedule else 0) + 1
             first = schedule.first if schedule else now
             if now - first >= self.policy.expire:
                 for rcpt, reply in deferred.items():
-                    failed[rcpt] = f"gave up after {attempts} attempts: {reply}"
+                    failed[rcpt] = f"gave up after {count} attempts: {reply}"
                 deferred = {}
             elif self.queue is not None:
-                retry_at = now + self.policy.delay(attempts)
-                upcoming = Schedule(attempts, first, retry_at)
+                retry_at = now + self.policy.delay(count)
+                upcoming = Schedule(count, first, retry_at)
                 reasons = {rcpt: upcoming.encode(reply) for rcpt, reply in deferred.items()}
                 outbox_key = await asyncio.to_thread(
                     self.queue.push, MailRequest(None, sender, list(deferred), data), reasons
@@ -213,18 +213,18 @@ class Outbox:
     ) -> Stored | None:
         """One attempt for one entry; None (entry kept as it is) if the result cannot be stored."""
         sender, recipients = entry.message.sender, list(entry.message.recipients)
-        outcomes = await deliver(sender, recipients, entry.data)
+        attempts = await deliver(sender, recipients, entry.data)
         try:
-            stored = await self.store(sender, entry.data, outcomes, schedule, now)
+            stored = await self.store(sender, entry.data, attempts, schedule, now)
             await asyncio.to_thread(queue.remove, entry.key)
         except (QueueError, KeyError) as exc:
             log.error("outbox %s: cannot update entry %s: %s", queue.path, entry.key, exc)
             return None
         message_id = _message_id(entry.data)
-        for rcpt, outcome in outcomes.items():
-            if outcome.status == "delivered":
+        for rcpt, attempt in attempts.items():
+            if attempt.status == "delivered":
                 log.info(
-                    "sent %s from %r to %r on retry: %r", message_id, sender, rcpt, outcome.reply
+                    "sent %s from %r to %r on retry: %r", message_id, sender, rcpt, attempt.reply
                 )
         for rcpt, reply in stored.deferred.items():
             log.info("deferred %s from %r to %r again: %r", message_id, sender, rcpt, reply)

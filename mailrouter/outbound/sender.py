@@ -1,10 +1,12 @@
 """Outgoing delivery: hand messages to a smarthost, or straight to each recipient domain's MX.
 
-Handlers write ``from mailrouter import relay`` and then ``relay.send(response)`` (a plain
-handler runs in an executor thread) or ``await relay.send_async(response)``: the module-level
-functions use the ``Relay`` the server installed with ``configure()``. A ``Relay`` makes each
-attempt with its ``Transport`` (see ``transport.py``); mail that cannot be delivered now waits in
-the outbox (see ``outbox.py``) and is retried by ``run_retries``.
+Handlers write ``from mailrouter.outbound import sender as relay`` and then
+``relay.send(response)`` (a plain handler runs in an executor thread) or
+``await relay.send_async(response)``: the module-level functions use the ``Sender`` of the
+current context, which the server sets for its run with ``using(relay)`` (the tests' ``outbox``
+fixture sets an in-memory one). A ``Relay`` makes each attempt with its ``Transport`` (see
+``transport.py``); mail that cannot be delivered now waits in the outbox (see ``outbox.py``) and
+is retried by ``run_retries``.
 """
 
 from __future__ import annotations
@@ -14,40 +16,50 @@ import contextlib
 import copy
 import logging
 import os
-import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.utils import formatdate, getaddresses, make_msgid
-from typing import Any, Literal, Protocol
+from typing import Protocol, TypedDict, TypeVar, Unpack
 
 from mailrouter.config import Settings
 from mailrouter.message import MailRequest
-from mailrouter.outbound.outbox import Outbox, Outcome, RetryPolicy, RetryReport
+from mailrouter.outbound.outbox import Attempt, AttemptStatus, Outbox, RetryPolicy, RetryReport
 from mailrouter.outbound.response import MailResponse, ace_address
-from mailrouter.outbound.transport import RelayError, ResolveError, Resolver, Transport, resolve_mx
+from mailrouter.outbound.transport import (
+    ConnectionOptions,
+    RelayError,
+    ResolveError,
+    Transport,
+    resolve_mx,
+)
 
 log = logging.getLogger(__name__)
 
 Sendable = MailResponse | Message | MailRequest
 
 __all__ = [
+    "ConnectionOptions",
     "DeliveryError",
     "Relay",
     "RelayError",
     "ResolveError",
     "RetryPolicy",
     "RetryReport",
+    "SendOptions",
     "SendResult",
-    "configure",
+    "Sendable",
+    "Sender",
     "current",
     "from_settings",
     "resolve_mx",
     "send",
     "send_async",
+    "using",
 ]
 
 
@@ -73,7 +85,7 @@ class SendResult:
     failed_key: str | None = None
 
     @property
-    def status(self) -> Literal["delivered", "deferred", "failed"]:
+    def status(self) -> AttemptStatus:
         """The worst outcome: ``failed`` if any recipient failed, else ``deferred`` if any waits."""
         return "failed" if self.failed else "deferred" if self.deferred else "delivered"
 
@@ -83,63 +95,57 @@ class SendResult:
         return not self.failed and (not self.deferred or self.outbox_key is not None)
 
 
-class Relay:
+class SendOptions(TypedDict, total=False):
+    """The keywords of every ``send``: ``sender`` and ``recipients`` replace the envelope that
+    the message implies; ``check`` raises DeliveryError when not every recipient is safe."""
+
+    sender: str | None
+    recipients: Sequence[str] | None
+    check: bool
+
+
+class Sender(Protocol):
+    """What handlers send through: a ``Relay``, or the in-memory outbox of the test helpers."""
+
+    def send(self, msg: Sendable, **kw: Unpack[SendOptions]) -> SendResult:
+        """Send ``msg`` from synchronous code (a handler in an executor thread)."""
+        ...
+
+    async def send_async(self, msg: Sendable, **kw: Unpack[SendOptions]) -> SendResult:
+        """Send ``msg`` from a coroutine."""
+        ...
+
+
+class Relay(Sender):
     """Sends mail with a ``Transport`` and keeps what it could not deliver in an ``Outbox``.
 
-    ``host`` is the smarthost (None: each recipient domain's MX); it and the other connection
-    options go to ``self.transport``. ``outbox`` and ``failed``
-    are the maildirs for deferred and failed mail (None: not kept); ``retry`` their schedule.
+    ``options`` say how to connect (default: straight to each recipient domain's MX); ``outbox``
+    and ``failed`` are the maildirs for deferred and failed mail (None: not kept); ``retry`` is
+    their schedule.
     """
 
     def __init__(
         self,
-        host: str | None = None,
-        port: int = 25,
+        options: ConnectionOptions | None = None,
         *,
-        starttls: bool | None = None,
-        tls: bool = False,
-        username: str | None = None,
-        password: str | None = None,
-        timeout: float = 30,
-        tls_context: ssl.SSLContext | None = None,
         outbox: str | os.PathLike[str] | None = None,
         failed: str | os.PathLike[str] | None = None,
-        resolver: Resolver | None = None,
-        local_hostname: str | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.transport = Transport(
-            host,
-            port,
-            starttls=starttls,
-            tls=tls,
-            username=username,
-            password=password,
-            timeout=timeout,
-            tls_context=tls_context,
-            resolver=resolver,
-            local_hostname=local_hostname,
-        )
+        self.transport = Transport(ConnectionOptions() if options is None else options)
         self.outbox = Outbox(outbox, failed, retry)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
-        transport = self.transport
-        target = f"{transport.host}:{transport.port}" if transport.host else "MX"
+        options = self.transport.options
+        target = f"{options.host}:{options.port}" if options.host else "MX"
         return f"Relay({target})"
 
     def bind(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Make ``send()`` from other threads run on ``loop`` (default: the running loop)."""
         self._loop = loop or asyncio.get_running_loop()
 
-    def send(
-        self,
-        msg: Sendable,
-        *,
-        sender: str | None = None,
-        recipients: Sequence[str] | None = None,
-        check: bool = False,
-    ) -> SendResult:
+    def send(self, msg: Sendable, **kw: Unpack[SendOptions]) -> SendResult:
         """``send_async`` for synchronous code: a handler running in an executor thread.
 
         Runs on the loop the relay is bound to while that loop runs, else on a new loop in this
@@ -151,7 +157,7 @@ class Relay:
             pass
         else:
             raise RelayError("Relay.send() would block the event loop: await send_async()")
-        work = self.send_async(msg, sender=sender, recipients=recipients, check=check)
+        work = self.send_async(msg, **kw)
         loop = self._loop
         if loop is not None and loop.is_running():
             return asyncio.run_coroutine_threadsafe(work, loop).result()
@@ -173,11 +179,11 @@ class Relay:
         """
         envelope = await asyncio.to_thread(prepare, msg, sender, recipients)
         sender, rcpts, data, message_id = envelope
-        outcomes = await self.deliver(sender, rcpts, data)
-        delivered = tuple(r for r, o in outcomes.items() if o.status == "delivered")
+        attempts = await self.deliver(sender, rcpts, data)
+        delivered = tuple(r for r, a in attempts.items() if a.status == "delivered")
         for rcpt in delivered:
-            log.info("sent %s from %r to %r: %r", message_id, sender, rcpt, outcomes[rcpt].reply)
-        stored = await self.outbox.store(sender, data, outcomes)  # QueueError if it cannot
+            log.info("sent %s from %r to %r: %r", message_id, sender, rcpt, attempts[rcpt].reply)
+        stored = await self.outbox.store(sender, data, attempts)  # QueueError if it cannot
         result = SendResult(
             message_id,
             sender,
@@ -223,7 +229,7 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
 
-    async def deliver(self, sender: str, recipients: list[str], data: bytes) -> dict[str, Outcome]:
+    async def deliver(self, sender: str, recipients: list[str], data: bytes) -> dict[str, Attempt]:
         """One delivery attempt of ``data`` to every recipient; nothing is stored."""
         return await self.transport.deliver(sender, recipients, data)
 
@@ -269,82 +275,55 @@ def prepare(
     return sender, [ace_address(rcpt) for rcpt in rcpts], data, " ".join(message_id.split())
 
 
-class Sender(Protocol):
-    """What handlers send through: a ``Relay``, or the in-memory outbox of the test helpers."""
-
-    def send(
-        self,
-        msg: Sendable,
-        *,
-        sender: str | None = None,
-        recipients: Sequence[str] | None = None,
-        check: bool = False,
-    ) -> SendResult: ...
-
-    async def send_async(
-        self,
-        msg: Sendable,
-        *,
-        sender: str | None = None,
-        recipients: Sequence[str] | None = None,
-        check: bool = False,
-    ) -> SendResult: ...
+_relay: ContextVar[Sender | None] = ContextVar("mailrouter.outbound.sender", default=None)
 
 
-_current: Sender | None = None
+AnySender = TypeVar("AnySender", bound=Sender)
 
 
-def configure(relay: Sender | None) -> Sender | None:
-    """Install ``relay`` as the one the module-level ``send`` functions use; returns the old."""
-    global _current
-    previous, _current = _current, relay
-    return previous
+@contextlib.contextmanager
+def using(relay: AnySender) -> Iterator[AnySender]:
+    """Make ``relay`` the one the module-level ``send`` functions use in this context (this
+    task, or a thread that runs a copy of it) until the ``with`` block ends."""
+    token = _relay.set(relay)
+    try:
+        yield relay
+    finally:
+        _relay.reset(token)
 
 
 def current() -> Sender:
-    """The configured relay; RelayError when the server has not configured one."""
-    if _current is None:
+    """The relay of this context; RelayError when no ``using`` block has set one."""
+    relay = _relay.get()
+    if relay is None:
         raise RelayError(
-            "no relay configured: call mailrouter.outbound.sender.configure(Relay(...))"
+            "no relay configured: send inside `with mailrouter.outbound.sender.using(relay):`"
         )
-    return _current
+    return relay
 
 
-def send(
-    msg: Sendable,
-    *,
-    sender: str | None = None,
-    recipients: Sequence[str] | None = None,
-    check: bool = False,
-) -> SendResult:
-    """Send ``msg`` with the configured relay, from synchronous code (see ``Relay.send``)."""
-    return current().send(msg, sender=sender, recipients=recipients, check=check)
+def send(msg: Sendable, **kw: Unpack[SendOptions]) -> SendResult:
+    """Send ``msg`` with this context's relay, from synchronous code (see ``Relay.send``)."""
+    return current().send(msg, **kw)
 
 
-async def send_async(
-    msg: Sendable,
-    *,
-    sender: str | None = None,
-    recipients: Sequence[str] | None = None,
-    check: bool = False,
-) -> SendResult:
-    """Send ``msg`` with the configured relay (see ``Relay.send_async``)."""
-    return await current().send_async(msg, sender=sender, recipients=recipients, check=check)
+async def send_async(msg: Sendable, **kw: Unpack[SendOptions]) -> SendResult:
+    """Send ``msg`` with this context's relay (see ``Relay.send_async``)."""
+    return await current().send_async(msg, **kw)
 
 
-def from_settings(settings: Settings, **overrides: Any) -> Relay:
-    """A Relay from the ``relay_*``, ``outbox`` and ``failed`` settings."""
-    options: dict[str, Any] = {
-        "host": settings.relay_host or None,
-        "port": settings.relay_port,
-        "starttls": {"auto": None, "require": True, "off": False}[settings.relay_starttls],
-        "tls": settings.relay_tls,
-        "username": settings.relay_username or None,
-        "password": settings.relay_password or None,
-        "timeout": settings.relay_timeout,
-        "outbox": settings.path(settings.outbox),
-        "failed": settings.path(settings.failed),
-        "local_hostname": settings.hostname or None,
-    }
-    options.update(overrides)
-    return Relay(**options)
+def from_settings(settings: Settings) -> Relay:
+    """A Relay from the ``relay_*``, ``hostname``, ``outbox`` and ``failed`` settings."""
+    options = ConnectionOptions(
+        settings.relay_host or None,
+        settings.relay_port,
+        starttls={"auto": None, "require": True, "off": False}[settings.relay_starttls],
+        tls=settings.relay_tls,
+        username=settings.relay_username or None,
+        password=settings.relay_password or None,
+        timeout=settings.relay_timeout,
+        local_hostname=settings.hostname or None,
+    )
+    return Relay(
+        options, outbox=settings.path(settings.outbox), failed=settings.path(settings.failed)
+    )

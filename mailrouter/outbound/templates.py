@@ -1,16 +1,19 @@
 """Templates for outgoing mail: ``render()`` a file, or ``respond()`` with a MailResponse.
 
 Needs the ``templates`` extra (Jinja2). Templates are files in one folder: the ``templates``
-setting, which the server installs with ``configure()``; elsewhere ``./templates`` unless a
-test or script configures another. ``.html``/``.htm`` templates are HTML-escaped, the others
-(text) are not; using a variable that was not given is an error (``StrictUndefined``).
+setting, which the server sets for its run with ``using(folder)``; elsewhere ``./templates``
+unless a test or script chooses another the same way. ``.html``/``.htm`` templates are
+HTML-escaped, the others (text) are not; using a variable that was not given is an error
+(``StrictUndefined``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +23,11 @@ from mailrouter.outbound.response import MailResponse
 if TYPE_CHECKING:
     import jinja2
 
-__all__ = ["TemplateError", "TemplatesUnavailable", "configure", "current", "render", "respond"]
+__all__ = ["TemplateError", "TemplatesUnavailable", "current", "render", "respond", "using"]
 
 DEFAULT_FOLDER = Path("templates")
 
-_folder: Path | None = None
+_folder: ContextVar[Path] = ContextVar("mailrouter.outbound.templates", default=DEFAULT_FOLDER)
 
 
 class TemplateError(MailRouterError):
@@ -35,16 +38,20 @@ class TemplatesUnavailable(TemplateError):
     """Jinja2 is not installed: the ``templates`` extra is missing."""
 
 
-def configure(folder: str | os.PathLike[str] | None) -> Path | None:
-    """Load templates from ``folder`` (None: ``./templates``); returns the previous setting."""
-    global _folder
-    previous, _folder = _folder, None if folder is None else Path(folder)
-    return previous
+@contextlib.contextmanager
+def using(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Load templates from ``folder`` in this context (this task, or a thread that runs a copy
+    of it) until the ``with`` block ends."""
+    token = _folder.set(Path(folder))
+    try:
+        yield _folder.get()
+    finally:
+        _folder.reset(token)
 
 
 def current() -> Path:
-    """The folder templates are loaded from."""
-    return _folder or DEFAULT_FOLDER
+    """The folder templates are loaded from in this context (default: ``./templates``)."""
+    return _folder.get()
 
 
 @functools.lru_cache(maxsize=8)

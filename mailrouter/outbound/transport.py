@@ -1,7 +1,8 @@
 """SMTP delivery mechanics: one attempt to hand a message to a smarthost or to each domain's MX.
 
-``Transport.deliver`` opens the aiosmtplib sessions and reports an ``Outcome`` per recipient; it
-stores nothing. Keeping mail for later and retrying it is the relay's and the outbox's job.
+``ConnectionOptions`` says how to connect; ``Transport.deliver`` opens the aiosmtplib sessions and
+reports an ``Attempt`` per recipient; it stores nothing. Keeping mail for later and retrying it is
+the relay's and the outbox's job.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import inspect
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import aiosmtplib
@@ -19,7 +21,7 @@ import dns.exception
 import dns.resolver
 
 from mailrouter.errors import MailRouterError
-from mailrouter.outbound.outbox import Outcome, Status, clean_reply
+from mailrouter.outbound.outbox import Attempt, AttemptStatus, clean_reply
 
 HostList = Sequence[tuple[str, int]]
 Resolver = Callable[[str], Awaitable[HostList] | HostList]
@@ -37,8 +39,10 @@ class ResolveError(RelayError):
         self.temporary = temporary
 
 
-class Transport:
-    """Delivers through a smarthost (``host``) or, when there is none, to the recipients' MX.
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """How outgoing SMTP sessions are made: through a smarthost (``host``) or, when there is
+    none, to the recipients' MX.
 
     ``starttls``: None upgrades when the server offers it, True requires it, False never does;
     ``tls`` is implicit TLS (port 465). Credentials imply required STARTTLS unless ``tls`` or
@@ -47,44 +51,43 @@ class Transport:
     domain to its ``(host, port)`` list (sync or async); the default asks DNS (``resolve_mx``).
     """
 
-    def __init__(
-        self,
-        host: str | None = None,
-        port: int = 25,
-        *,
-        starttls: bool | None = None,
-        tls: bool = False,
-        username: str | None = None,
-        password: str | None = None,
-        timeout: float = 30,
-        tls_context: ssl.SSLContext | None = None,
-        resolver: Resolver | None = None,
-        local_hostname: str | None = None,
-    ) -> None:
-        if tls and starttls:
-            raise ValueError("tls (implicit TLS) and starttls exclude each other")
-        if (username is None) != (password is None):
-            raise ValueError("give both username and password, or neither")
-        if username is not None and not tls and starttls is None:
-            starttls = True  # never send a password in the clear unless told to
-        self.host = host or None
-        self.port = port
-        self.starttls = starttls
-        self.tls = tls
-        self.username = username
-        self.password = password
-        self.timeout = timeout
-        self.tls_context = tls_context
-        self.resolver = resolver
-        self.local_hostname = local_hostname
+    host: str | None = None
+    port: int = 25
+    _: KW_ONLY
+    starttls: bool | None = None
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout: float = 30
+    tls_context: ssl.SSLContext | None = None
+    local_hostname: str | None = None
+    resolver: Resolver | None = None
 
-    async def deliver(self, sender: str, recipients: list[str], data: bytes) -> dict[str, Outcome]:
+    def __post_init__(self) -> None:
+        if self.tls and self.starttls:
+            raise ValueError("tls (implicit TLS) and starttls exclude each other")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give both username and password, or neither")
+        if not self.host:
+            object.__setattr__(self, "host", None)
+        if self.username is not None and not self.tls and self.starttls is None:
+            object.__setattr__(self, "starttls", True)  # never send a password in the clear
+
+
+class Transport:
+    """Delivers with the ``options`` it was made with (see ``ConnectionOptions``)."""
+
+    def __init__(self, options: ConnectionOptions) -> None:
+        self.options = options
+
+    async def deliver(self, sender: str, recipients: list[str], data: bytes) -> dict[str, Attempt]:
         """One delivery attempt of ``data`` to every recipient; nothing is stored."""
         if not recipients:
             return {}
-        if self.host is not None:
-            outcomes, _ = await self._transaction(self.host, self.port, sender, recipients, data)
-            return outcomes
+        host, port = self.options.host, self.options.port
+        if host is not None:
+            attempts, _ = await self._transaction(host, port, sender, recipients, data)
+            return attempts
         domains: dict[str, list[str]] = {}
         for rcpt in recipients:
             domains.setdefault(rcpt.rpartition("@")[2].lower(), []).append(rcpt)
@@ -94,34 +97,35 @@ class Transport:
                 for domain, rcpts in domains.items()
             )
         )
-        return {rcpt: outcome for part in parts for rcpt, outcome in part.items()}
+        return {rcpt: attempt for part in parts for rcpt, attempt in part.items()}
 
     async def _deliver_domain(
         self, domain: str, recipients: list[str], sender: str, data: bytes
-    ) -> dict[str, Outcome]:
+    ) -> dict[str, Attempt]:
         """Deliver to one domain's mail hosts, in order, until one takes the transaction."""
         try:
             hosts = await self._resolve(domain)
         except ResolveError as exc:
-            status: Status = "deferred" if exc.temporary else "failed"
-            return dict.fromkeys(recipients, Outcome(status, str(exc)))
+            status: AttemptStatus = "deferred" if exc.temporary else "failed"
+            return dict.fromkeys(recipients, Attempt(status, str(exc)))
         if not hosts:
-            return dict.fromkeys(recipients, Outcome("failed", f"no mail host for {domain}"))
-        outcomes: dict[str, Outcome] = {}
+            return dict.fromkeys(recipients, Attempt("failed", f"no mail host for {domain}"))
+        attempts: dict[str, Attempt] = {}
         for host, port in hosts:
-            outcomes, next_host = await self._transaction(host, port, sender, recipients, data)
+            attempts, next_host = await self._transaction(host, port, sender, recipients, data)
             if not next_host:
                 break
-        return outcomes
+        return attempts
 
     async def _resolve(self, domain: str) -> list[tuple[str, int]]:
         """The mail hosts of ``domain``: an address literal, the resolver's answer, or DNS."""
+        port, resolver = self.options.port, self.options.resolver
         if domain.startswith("[") and domain.endswith("]"):
-            return [(domain[1:-1].removeprefix("IPv6:"), self.port)]
-        if self.resolver is None:
-            return await resolve_mx(domain, self.port, self.timeout)
+            return [(domain[1:-1].removeprefix("IPv6:"), port)]
+        if resolver is None:
+            return await resolve_mx(domain, port, self.options.timeout)
         try:
-            found = self.resolver(domain)
+            found = resolver(domain)
             hosts = await found if inspect.isawaitable(found) else found
         except ResolveError:
             raise
@@ -131,30 +135,31 @@ class Transport:
 
     def _client(self, host: str, port: int) -> aiosmtplib.SMTP:
         """An unconnected session; credentials and implicit TLS are for the smarthost only."""
-        smarthost = self.host is not None
-        implicit = self.tls and smarthost
+        options = self.options
+        smarthost = options.host is not None
+        implicit = options.tls and smarthost
         return aiosmtplib.SMTP(
             hostname=host,
             port=port,
-            username=self.username if smarthost else None,
-            password=self.password if smarthost else None,
-            local_hostname=self.local_hostname,
-            timeout=self.timeout,
+            username=options.username if smarthost else None,
+            password=options.password if smarthost else None,
+            local_hostname=options.local_hostname,
+            timeout=options.timeout,
             use_tls=implicit,
-            start_tls=False if implicit else self.starttls,
+            start_tls=False if implicit else options.starttls,
             validate_certs=smarthost,
-            tls_context=self.tls_context,
+            tls_context=options.tls_context,
         )
 
     async def _transaction(
         self, host: str, port: int, sender: str, recipients: list[str], data: bytes
-    ) -> tuple[dict[str, Outcome], bool]:
-        """One SMTP session; the outcomes, and whether another host may do better (the
+    ) -> tuple[dict[str, Attempt], bool]:
+        """One SMTP session; the attempts, and whether another host may do better (the
         failure came before any recipient was answered and was not permanent)."""
         where = f"{host}:{port}"
         utf8 = not all(address.isascii() for address in (sender, *recipients))
         encoding = "utf-8" if utf8 else "ascii"
-        outcomes: dict[str, Outcome] = {}
+        attempts: dict[str, Attempt] = {}
         client = self._client(host, port)
         stage = "connect"
         try:
@@ -166,50 +171,50 @@ class Transport:
                         await client.ehlo()
                     except aiosmtplib.SMTPHeloError:
                         await client.helo()
-                options = []
+                mail_options = []
                 if not data.isascii() and client.supports_extension("8bitmime"):
-                    options.append("BODY=8BITMIME")
+                    mail_options.append("BODY=8BITMIME")
                 if utf8:
                     if not client.supports_extension("smtputf8"):
                         reply = f"{where}: 555 5.6.7 SMTPUTF8 needed but not offered"
-                        return dict.fromkeys(recipients, Outcome("failed", reply)), False
-                    options.append("SMTPUTF8")
+                        return dict.fromkeys(recipients, Attempt("failed", reply)), False
+                    mail_options.append("SMTPUTF8")
                 stage = "MAIL"
-                await client.mail(sender, options=options, encoding=encoding)
+                await client.mail(sender, options=mail_options, encoding=encoding)
                 stage = "RCPT"
                 accepted = []
                 for rcpt in recipients:
                     try:
                         await client.rcpt(rcpt, encoding=encoding)
                     except aiosmtplib.SMTPRecipientRefused as exc:
-                        outcomes[rcpt] = _refusal(where, exc.code, exc.message)
+                        attempts[rcpt] = _refusal(where, exc.code, exc.message)
                     else:
                         accepted.append(rcpt)
                 if accepted:
                     stage = "DATA"
                     done = await client.data(data)
                     reply = f"{where}: {done.code} {clean_reply(done.message)}"
-                    outcomes.update(dict.fromkeys(accepted, Outcome("delivered", reply)))
+                    attempts.update(dict.fromkeys(accepted, Attempt("delivered", reply)))
             finally:
                 await _close(client)
         except aiosmtplib.SMTPResponseException as exc:
-            outcome = _refusal(where, exc.code, exc.message)
+            attempt = _refusal(where, exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:  # OSError covers ssl and timeouts
-            outcome = Outcome("deferred", f"{where}: {stage}: {clean_reply(str(exc)) or exc!r}")
+            attempt = Attempt("deferred", f"{where}: {stage}: {clean_reply(str(exc)) or exc!r}")
         else:
-            return outcomes, False
+            return attempts, False
         next_host = (
-            outcome.status == "deferred" and not outcomes and stage in ("connect", "EHLO", "MAIL")
+            attempt.status == "deferred" and not attempts and stage in ("connect", "EHLO", "MAIL")
         )
         for rcpt in recipients:
-            outcomes.setdefault(rcpt, outcome)
-        return outcomes, next_host
+            attempts.setdefault(rcpt, attempt)
+        return attempts, next_host
 
 
-def _refusal(where: str, code: int, message: str) -> Outcome:
+def _refusal(where: str, code: int, message: str) -> Attempt:
     """A 4xx reply defers, anything else fails."""
-    status: Status = "deferred" if 400 <= code < 500 else "failed"
-    return Outcome(status, f"{where}: {code} {clean_reply(message)}")
+    status: AttemptStatus = "deferred" if 400 <= code < 500 else "failed"
+    return Attempt(status, f"{where}: {code} {clean_reply(message)}")
 
 
 async def _close(client: aiosmtplib.SMTP) -> None:

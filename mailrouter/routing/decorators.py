@@ -120,7 +120,7 @@ StateKeyFunc = Callable[[str, Any], str]
 
 
 @dataclass(frozen=True)
-class Handler:
+class HandlerSpec:
     """A loaded handler function and its routing flags."""
 
     func: Callable[..., Any]
@@ -147,7 +147,7 @@ class Route:
 
     pattern: str
     regex: re.Pattern[str]
-    handlers: tuple[Handler, ...]
+    handlers: tuple[HandlerSpec, ...]
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class RouteTable:
 
 def build_table(modules: Iterable[ModuleType], defaults: Mapping[str, str]) -> RouteTable:
     """Compile the routes declared in ``modules`` (in that order) against ``defaults``."""
-    grouped: dict[str, tuple[str, re.Pattern[str], list[Handler]]] = {}
+    grouped: dict[str, tuple[str, re.Pattern[str], list[HandlerSpec]]] = {}
     state_keys: dict[str, StateKeyFunc] = {}
     names = []
     for module in modules:
@@ -171,7 +171,7 @@ def build_table(modules: Iterable[ModuleType], defaults: Mapping[str, str]) -> R
             state_keys[module.__name__] = key_func
         for spec, func, mark in _declared_routes(module):
             regex = compile_pattern(spec, defaults, f"{func.__module__}.{func.__qualname__}")
-            handler = Handler(
+            handler = HandlerSpec(
                 func, mark.stateless, mark.nolocking, inspect.iscoroutinefunction(func)
             )
             _check_signature(handler, regex)
@@ -233,7 +233,7 @@ def compile_pattern(spec: RouteSpec, defaults: Mapping[str, str], where: str) ->
         raise RouteError(f"{where}: bad pattern {spec.pattern!r} ({source!r}): {exc}") from None
 
 
-def _check_signature(handler: Handler, regex: re.Pattern[str]) -> None:
+def _check_signature(handler: HandlerSpec, regex: re.Pattern[str]) -> None:
     """Fail at load time if the handler cannot accept the message and its captures."""
     try:
         inspect.signature(handler.func).bind(None, **dict.fromkeys(regex.groupindex))

@@ -7,21 +7,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mailrouter.errors import QueueError, QueueFullError, SMTPError, Status
+from mailrouter.replies import Reply
 
 if TYPE_CHECKING:
-    from mailrouter.routing.decorators import Handler
-
-
-@dataclass(frozen=True)
-class Reply:
-    """The SMTP reply for one envelope recipient."""
-
-    recipient: str
-    code: int
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}"
+    from mailrouter.routing.decorators import HandlerSpec
 
 
 @dataclass(frozen=True)
@@ -31,7 +20,8 @@ class DeliveryResult:
     replies: tuple[Reply, ...]
     queue_key: str | None = None
     reasons: Mapping[str, str] = field(default_factory=dict)
-    outcomes: Mapping[str, Outcome] = field(default_factory=dict)  # by normalised recipient
+    # by normalised recipient
+    outcomes: Mapping[str, RecipientOutcome] = field(default_factory=dict)
 
     @property
     def queued(self) -> bool:
@@ -54,7 +44,7 @@ class DeliveryResult:
 
 
 @dataclass
-class Outcome:
+class RecipientOutcome:
     """How routing one recipient went."""
 
     matched: bool = False
@@ -62,7 +52,8 @@ class Outcome:
     stateful_done: bool = False
     refusal: SMTPError | None = None
     failures: list[str] = field(default_factory=list)
-    ran: list[Handler] = field(default_factory=list)  # the handlers run, refusing or failing too
+    # the handlers run, refusing or failing too
+    ran: list[HandlerSpec] = field(default_factory=list)
 
     @property
     def queue_reason(self) -> str | None:
@@ -77,7 +68,7 @@ class Outcome:
 
 
 def reply_for(
-    recipient: str, outcome: Outcome, queue_key: str | None, queue_error: QueueError | None
+    recipient: str, outcome: RecipientOutcome, queue_key: str | None, queue_error: QueueError | None
 ) -> Reply:
     """The reply for one recipient, given how routing went and whether queueing worked."""
     if outcome.refusal is not None:

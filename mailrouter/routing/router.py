@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import importlib
 import logging
 import sys
@@ -14,19 +12,22 @@ from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from mailrouter.errors import LoadError, QueueError, SMTPError
 from mailrouter.message import MailRequest, normalize_address
 from mailrouter.queue import Queue
-from mailrouter.routing.decorators import Handler, Route, RouteTable, build_table
+from mailrouter.routing.decorators import HandlerSpec, Route, RouteTable, build_table
+from mailrouter.routing.executor import Blocking, run_blocking, run_here, run_to_end
 from mailrouter.routing.locks import KeyedAsyncLocks, held_in_executor
-from mailrouter.routing.result import DeliveryResult, Outcome, reply_for
+from mailrouter.routing.result import DeliveryResult, RecipientOutcome, reply_for
 from mailrouter.state import ERROR, MemoryStorage, StateStorage
 
 log = logging.getLogger(__name__)
 
 LockScope = Literal["key", "global"]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Match:
     """A handler whose route matches an address, with the captured values."""
 
     route: Route
-    handler: Handler
+    handler: HandlerSpec
     captures: Mapping[str, str]
 
 
@@ -72,7 +73,7 @@ class _Choice:
 class _Refused(Exception):
     """A handler refused the message with an SMTPError."""
 
-    def __init__(self, handler: Handler, error: SMTPError) -> None:
+    def __init__(self, handler: HandlerSpec, error: SMTPError) -> None:
         super().__init__(str(error))
         self.handler = handler
         self.error = error
@@ -81,7 +82,7 @@ class _Refused(Exception):
 class _HandlerFailed(Exception):
     """A handler raised (anything but SMTPError) or returned something that is not a state."""
 
-    def __init__(self, handler: Handler, reason: str) -> None:
+    def __init__(self, handler: HandlerSpec, reason: str) -> None:
         super().__init__(reason)
         self.handler = handler
         self.reason = reason
@@ -198,7 +199,7 @@ class Router:
         if self.executor is not None:
             self.executor.shutdown(wait=True)
 
-    def _in_state(self, handler: Handler, message: MailRequest) -> bool:
+    def _in_state(self, handler: HandlerSpec, message: MailRequest) -> bool:
         return self.get_state(handler.module, message) == handler.name
 
     # -- delivery --------------------------------------------------------------------------
@@ -210,8 +211,8 @@ class Router:
         store or the event loop do escape, and the caller answers with a temporary failure.
         ``keep_refused`` queues the recipients a handler refused too (when no client can be told).
         """
-        outcomes: dict[str, Outcome] = {}  # by normalised address: duplicates route once
-        per_recipient: list[tuple[str, Outcome]] = []
+        outcomes: dict[str, RecipientOutcome] = {}  # by normalised address: duplicates route once
+        per_recipient: list[tuple[str, RecipientOutcome]] = []
         for recipient in message.recipients:
             address = normalize_address(recipient)
             if address not in outcomes:
@@ -240,11 +241,11 @@ class Router:
         )
         return DeliveryResult(replies, queue_key, reasons, outcomes)
 
-    async def _route(self, message: MailRequest, address: str) -> Outcome:
+    async def _route(self, message: MailRequest, address: str) -> RecipientOutcome:
         """Run the handlers for one recipient: every stateless match, and the first stateful
         state machine (a state key) with a handler for the sender's state."""
         matches = self.match(address)
-        outcome = Outcome(matched=bool(matches))
+        outcome = RecipientOutcome(matched=bool(matches))
         machines: dict[str, dict[str, Match]] = {}  # state key -> its handlers by state
         for found in matches:
             if not found.handler.stateless:
@@ -265,41 +266,33 @@ class Router:
         return outcome
 
     async def _try(
-        self, choice: _Choice, message: MailRequest, address: str, outcome: Outcome
+        self, choice: _Choice, message: MailRequest, address: str, outcome: RecipientOutcome
     ) -> bool:
         """Run the handler ``choice`` picks, if any, and record how it went; False if refused."""
         try:
             ran = await self._attempt(choice, message)
         except _Refused as refused:
-            outcome.ran.append(refused.handler)
-            log.info(
-                "%s refused %r from %r: %s",
-                refused.handler.qualname,
-                address,
-                message.sender,
-                refused.error,
-            )
-            outcome.refusal = refused.error
-            return False
+            ran, outcome.refusal = refused.handler, refused.error
+            log.info("%s refused %r from %r: %s", ran.qualname, address, message.sender, refused)
         except _HandlerFailed as failure:
-            outcome.ran.append(failure.handler)
+            ran = failure.handler
+            outcome.failures.append(failure.reason)
             log.error(
                 "handler %s failed for %r from %r",
-                failure.handler.qualname,
+                ran.qualname,
                 address,
                 message.sender,
                 exc_info=failure.__cause__,
             )
-            outcome.failures.append(failure.reason)
-            outcome.stateful_done = outcome.stateful_done or not failure.handler.stateless
-            return True
-        if ran is not None:
-            outcome.ran.append(ran)
+        else:
+            if ran is None:
+                return True
             outcome.handled = True
-            outcome.stateful_done = outcome.stateful_done or not ran.stateless
-        return True
+        outcome.ran.append(ran)
+        outcome.stateful_done = outcome.stateful_done or not ran.stateless
+        return outcome.refusal is None
 
-    async def _attempt(self, choice: _Choice, message: MailRequest) -> Handler | None:
+    async def _attempt(self, choice: _Choice, message: MailRequest) -> HandlerSpec | None:
         """Pick and run a handler under the locks it needs; the handler that ran, if any.
 
         The state is read, and the handler for it run, under one lock: a state machine's
@@ -323,58 +316,55 @@ class Router:
 
     async def _run(
         self, choice: _Choice, message: MailRequest, store_lock: AbstractContextManager[Any]
-    ) -> Handler | None:
-        if not choice.has_async:  # the whole step in one executor call
-            ran: Handler | None = await self._blocking(self._run_sync, choice, message, store_lock)
-            return ran
+    ) -> HandlerSpec | None:
+        """Run ``_step`` under ``store_lock``: with only plain handlers to choose from, all of it
+        in one executor call (the fast path); else on the loop, blocking calls in the executor."""
+        if not choice.has_async:
+            return await self._blocking(self._run_sync, choice, message, store_lock)
         async with held_in_executor(store_lock, self.executor):
-            found = choice.always
-            if found is None:
-                state = await self._blocking(self.store.get, choice.key, message.route_from)
-                found = choice.pick(state)
-            if found is None:
-                return None
-            handler = found.handler
-            try:
-                if handler.is_async:
-                    result = await handler.func(message, **found.captures)
-                else:
-                    call = functools.partial(handler.func, message, **found.captures)
-                    result = await self._blocking(call)
-            except SMTPError as error:
-                raise _Refused(handler, error) from error
-            except Exception as exc:
-                raise await self._blocking(
-                    self._failure, handler, choice.key, message, exc
-                ) from exc
-            await self._blocking(self._transition, handler, choice.key, message, result)
-        return handler
+            return await self._step(choice, message, self._blocking)
 
     def _run_sync(
         self, choice: _Choice, message: MailRequest, store_lock: AbstractContextManager[Any]
-    ) -> Handler | None:
+    ) -> HandlerSpec | None:
+        """The whole step in this executor thread, its blocking calls made directly."""
         with store_lock:
-            found = choice.always or choice.pick(self.store.get(choice.key, message.route_from))
-            if found is None:
-                return None
-            handler = found.handler
-            try:
-                result = handler.func(message, **found.captures)
-            except SMTPError as error:
-                raise _Refused(handler, error) from error
-            except Exception as exc:
-                raise self._failure(handler, choice.key, message, exc) from exc
-            self._transition(handler, choice.key, message, result)
+            return run_to_end(self._step(choice, message, run_here))
+
+    async def _step(
+        self, choice: _Choice, message: MailRequest, blocking: Blocking
+    ) -> HandlerSpec | None:
+        """Pick the handler for the sender's state, run it, apply its transition (or put the
+        module into ERROR); the handler that ran, if any. Blocking calls go through ``blocking``.
+        """
+        found = choice.always or choice.pick(
+            await blocking(self.store.get, choice.key, message.route_from)
+        )
+        if found is None:
+            return None
+        handler = found.handler
+        try:
+            if handler.is_async:
+                result = await handler.func(message, **found.captures)
+            else:
+                result = await blocking(handler.func, message, **found.captures)
+        except SMTPError as error:
+            raise _Refused(handler, error) from error
+        except Exception as exc:
+            raise await blocking(self._failure, handler, choice.key, message, exc) from exc
+        await blocking(self._transition, handler, choice.key, message, result)
         return handler
 
     def _failure(
-        self, handler: Handler, key: str, message: MailRequest, exc: Exception
+        self, handler: HandlerSpec, key: str, message: MailRequest, exc: Exception
     ) -> _HandlerFailed:
         """Put the handler's module into ERROR for this sender; the failure to raise."""
         self.store.set(key, message.route_from, ERROR)
         return _HandlerFailed(handler, f"handler {handler.qualname} failed: {_describe(exc)}")
 
-    def _transition(self, handler: Handler, key: str, message: MailRequest, result: object) -> None:
+    def _transition(
+        self, handler: HandlerSpec, key: str, message: MailRequest, result: object
+    ) -> None:
         """Apply a stateful handler's return value: a handler function names the next state."""
         if handler.stateless or result is None:
             return
@@ -384,8 +374,8 @@ class Router:
             raise self._failure(handler, key, message, problem) from problem
         self.store.set(self.state_key(module, message), message.route_from, name)
 
-    async def _blocking(self, func: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+    async def _blocking(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await run_blocking(self.executor, func, *args, **kwargs)
 
 
 def _import(name: str) -> ModuleType:
@@ -395,7 +385,7 @@ def _import(name: str) -> ModuleType:
         raise LoadError(f"cannot import handler module {name!r}: {_describe(exc)}") from exc
 
 
-def _refused(outcome: Outcome, keep_refused: bool) -> str | None:
+def _refused(outcome: RecipientOutcome, keep_refused: bool) -> str | None:
     """The queue reason for a refused recipient that nobody can be told about, if kept."""
     return f"refused: {outcome.refusal}" if keep_refused and outcome.refusal else None
 

@@ -1,4 +1,4 @@
-"""The SMTP/LMTP receiver on aiosmtpd and the server's start, serve and shutdown lifecycle."""
+"""The server's lifecycle: start (bind, spool, metrics), serve until a signal, reload, drain."""
 
 from __future__ import annotations
 
@@ -6,37 +6,33 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+from aiosmtpd.smtp import SMTP
 
+from mailrouter import replies
 from mailrouter.config import Settings, handler_modules
-from mailrouter.errors import MailRouterError, QueueError, QueueFullError, Status
-from mailrouter.inbound.outcome import DeliveryRecord, Observer, delivery_log
-from mailrouter.inbound.smtp import LMTPSession, SMTPSession
+from mailrouter.errors import MailRouterError
+from mailrouter.inbound.handler import Receiver
+from mailrouter.inbound.outcome import delivery_log
+from mailrouter.inbound.smtp import LMTPSession, ServerState, SMTPSession
 from mailrouter.inbound.spool import Spool
-from mailrouter.inbound.wire import HookListing
-from mailrouter.message import MailRequest
 from mailrouter.outbound import sender as outgoing
 from mailrouter.outbound import templates as views
 from mailrouter.queue import Queue
-from mailrouter.routing.result import DeliveryResult
 from mailrouter.routing.router import Router
+from mailrouter.runtime.daemon import drop_privileges
 from mailrouter.state import open_store
 
 if TYPE_CHECKING:
     from mailrouter.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-_CONTROL = frozenset("\x00\r\n")
 
 
 def build_router(settings: Settings, *, readonly: bool = False) -> Router:
@@ -73,164 +69,25 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def _header_section(data: bytes) -> bytes:
-    """The message's header section: everything before the first empty line."""
-    if data.startswith((b"\r\n", b"\n")):
-        return b""
-    ends = [end for end in (data.find(b"\n\r\n"), data.find(b"\n\n")) if end >= 0]
-    return data[: min(ends) + 1] if ends else data
-
-
-def _hops(header: bytes) -> int:
-    """How many ``Received:`` headers there are (each MTA on the way adds one)."""
-    return sum(1 for line in header.split(b"\n") if line[:9].lower() == b"received:")
-
-
-class Handler(HookListing):
-    """The aiosmtpd event handler: records the envelope and hands each message to the router."""
-
-    def __init__(self, settings: Settings, router: Router) -> None:
-        self.settings = settings
-        self.router = router
-        self.lmtp = settings.protocol == "lmtp"
-        self.observers: list[Observer] = []  # told of each message (metrics, delivery log)
-        self.spool: Spool | None = None  # spool mode: where messages go before the router
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if _CONTROL.intersection(address):
-            return "501 5.1.7 Bad sender address syntax"
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return "250 2.1.0 Sender OK"
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        address = address.strip()
-        if _CONTROL.intersection(address) or address in ("", "<>"):
-            return "501 5.1.3 Bad recipient address syntax"
-        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
-            return "452 4.5.3 Too many recipients"
-        if self.settings.reject_unroutable and not self.router.match(address):
-            return f"550 5.1.1 <{address}>: no route for this address"
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(options)
-        return "250 2.1.5 Recipient OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        assert isinstance(server, SMTPSession)
-        started = time.perf_counter()
-        # 64 random bits without a system call per message (random reseeds in forked workers)
-        message_id = f"{random.getrandbits(64):016x}"
-        sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
-        request = MailRequest(
-            session.peer, sender, envelope.rcpt_tos, envelope.original_content or b""
-        )
-        reply, result = await self._deliver(server, request, message_id)
-        if self.observers:
-            duration = time.perf_counter() - started
-            record = DeliveryRecord.of(message_id, request, reply, result, duration)
-            for observer in self.observers:
-                observer(record)
-        return reply
-
-    async def _deliver(
-        self, server: SMTPSession, request: MailRequest, message_id: str
-    ) -> tuple[str, DeliveryResult | None]:
-        """Check the header, run the router: the reply, and the router's result if it ran."""
-        header = _header_section(request.data)
-        if len(header) > self.settings.max_header_size:
-            return self._all("552 5.3.4 Message header too large", request), None
-        if _hops(header) > self.settings.max_received_headers:
-            log.warning("%s: mail loop from %r refused", message_id, request.sender)
-            return self._all("554 5.4.6 Too many hops: mail loop detected", request), None
-        self.in_flight += 1
-        self.idle.clear()
-        server.delivering = True
-        try:
-            if self.spool is not None:
-                return await self._spool(self.spool, request), None
-            result = await asyncio.wait_for(
-                self.router.deliver(request), self.settings.handler_timeout or None
-            )
-        except TimeoutError:
-            log.error(
-                "%s: handlers for %r took over %ss",
-                message_id,
-                request.recipients,
-                self.settings.handler_timeout,
-            )
-            return self._all("451 4.3.0 Handler timed out, try again later", request), None
-        except Exception:
-            log.exception("%s: delivery from %r failed", message_id, request.sender)
-            return self._all("451 4.3.0 Temporary failure, try again later", request), None
-        finally:
-            server.delivering = False
-            self.in_flight -= 1
-            if not self.in_flight:
-                self.idle.set()
-        return self._answer(result, message_id), result
-
-    async def _spool(self, spool: Spool, request: MailRequest) -> str:
-        """Spool mode: store the message for the spool's workers and accept it."""
-        try:
-            key = await spool.accept(request)
-        except QueueFullError:
-            return self._all("452 4.3.1 Insufficient storage, try again later", request)
-        except QueueError as exc:
-            log.error("cannot spool a message from %r: %s", request.sender, exc)
-            return self._all("451 4.3.0 Temporary failure, try again later", request)
-        if self.lmtp:
-            return "\r\n".join(f"250 2.0.0 <{rcpt}> {key}" for rcpt in request.recipients)
-        return f"{Status.OK} 2.0.0 Ok: queued as {key}"
-
-    def _answer(self, result: DeliveryResult, message_id: str) -> str:
-        """LMTP: one reply per recipient, in RCPT order. SMTP: the first refusal, else 250."""
-        if self.lmtp:
-            return "\r\n".join(
-                f"{r.code} {r.text}"
-                if r.code >= 300
-                else f"{r.code} 2.0.0 <{r.recipient}> {message_id}"
-                for r in result.replies
-            )
-        refusal = result.first_refusal()
-        if refusal is not None:
-            return str(refusal)
-        return f"{Status.OK} 2.0.0 Ok: queued as {message_id}"
-
-    def _all(self, status: str, request: MailRequest) -> str:
-        return "\r\n".join([status] * len(request.recipients)) if self.lmtp else status
-
-    async def handle_exception(self, error: Exception) -> str:
-        """An unexpected error in a session: answer temporarily and keep serving."""
-        if isinstance(error, TLSSetupException):  # a client's failed handshake, not our bug
-            log.warning("TLS handshake failed: %s", error.__cause__ or error)
-            return "454 4.7.0 TLS handshake failed"
-        log.error("session error: %s: %s", type(error).__name__, error, exc_info=error)
-        return "451 4.3.0 Internal error, try again later"
-
-
 class Server:
     """A listening mailrouter: binds, accepts SMTP or LMTP sessions, and stops gracefully."""
 
     def __init__(self, settings: Settings, router: Router) -> None:
         self.settings = settings
         self.router = router
-        self.handler = Handler(settings, router)
+        spool = None
         if settings.mode == "spool":
-            self.handler.spool = Spool(
+            spool = Spool(
                 Queue(settings.path(settings.spool)),
                 router,
                 concurrency=settings.spool_concurrency,
                 handler_timeout=settings.handler_timeout,
+                max_attempts=settings.spool_max_attempts,
             )
-        self.sessions: set[SMTPSession] = set()
-        self.draining = False
+        self.handler = Receiver(settings, router, spool)
+        self.state = ServerState(
+            settings.max_connections, settings.session_timeout, settings.max_errors
+        )
         self.hostname = settings.hostname or socket.getfqdn()  # once, not per connection
         self.tls_context = _tls_context(settings)
         self.metrics: Metrics | None = None
@@ -240,13 +97,10 @@ class Server:
         self._server: asyncio.Server | None = None
         self._port: int | None = None
 
-    def refusal(self) -> str | None:
-        """The reply that turns a new connection away, or None to serve it."""
-        if self.draining:
-            return "421 4.3.2 Service shutting down, try again later"
-        if len(self.sessions) >= self.settings.max_connections:
-            return "421 4.7.0 Too many connections, try again later"
-        return None
+    @property
+    def sessions(self) -> set[SMTPSession]:
+        """The sessions open now."""
+        return self.state.sessions
 
     def _session(self) -> SMTP:
         session_class = LMTPSession if self.settings.protocol == "lmtp" else SMTPSession
@@ -262,7 +116,7 @@ class Server:
             timeout=self.settings.idle_timeout,
             loop=asyncio.get_running_loop(),
         )
-        session.owner = self
+        session.server_state = self.state
         return session
 
     async def start(self) -> None:
@@ -333,9 +187,9 @@ class Server:
         if self._server is None:
             return
         self._server.close()
-        self.draining = True
+        self.state.draining = True
         for session in list(self.sessions):
-            session.close_with("421 4.3.2 Service shutting down, try again later")
+            session.close_with(str(replies.SHUTTING_DOWN))
         timeout = self.settings.drain_timeout if timeout is None else timeout
         try:
             await asyncio.wait_for(self.handler.idle.wait(), timeout)
@@ -357,16 +211,24 @@ class Server:
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Run a server for ``settings`` until SIGTERM or SIGINT; SIGHUP reloads the handlers."""
-    from mailrouter.runtime.daemon import drop_privileges
+    """Run a server for ``settings`` until SIGTERM or SIGINT; SIGHUP reloads the handlers.
 
+    The relay and the template folder handlers use are this context's, set before the socket
+    opens: every session's task, and every handler thread, runs in a copy of it.
+    """
+    relay = outgoing.from_settings(settings)
+    with outgoing.using(relay), views.using(settings.path(settings.templates)):
+        await _serve(settings, relay, on_ready)
+    log.info("mailrouter stopped")
+
+
+async def _serve(
+    settings: Settings, relay: outgoing.Relay, on_ready: Callable[[str], None] | None
+) -> None:
     loop = asyncio.get_running_loop()
     router = build_router(settings)
     server = Server(settings, router)
     stopping = asyncio.Event()
-    relay = outgoing.from_settings(settings)
-    outgoing.configure(relay)
-    views.configure(settings.path(settings.templates))
     retries: asyncio.Task[None] | None = None
     try:
         await server.start()
@@ -394,8 +256,6 @@ async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         router.close()
-        outgoing.configure(None)
-    log.info("mailrouter stopped")
 
 
 def _reload(router: Router, settings: Settings) -> None:
@@ -407,16 +267,6 @@ def _reload(router: Router, settings: Settings) -> None:
         log.error("reload failed, keeping the old routes: %s", exc)
         return
     log.info("reloaded handlers: %d routes", len(router.routes()))
-
-
-def run(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve ``settings`` until stopped by a signal: in this process, or in ``workers``."""
-    if settings.workers > 1:
-        from mailrouter.runtime.workers import run_workers
-
-        run_workers(settings, on_ready)
-    else:
-        run_in_process(settings, on_ready)
 
 
 def run_in_process(settings: Settings, on_ready: Callable[[str], None] | None = None) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 from mailrouter.config import Settings
 from mailrouter.errors import MailRouterError
+from mailrouter.runtime.server import run_in_process
 from mailrouter.state import open_store
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,6 @@ def _spawn(settings: Settings, number: int, ready_write: int) -> int:
     status = 1
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        from mailrouter.runtime.server import run_in_process
 
         def ready(_: str) -> None:
             os.write(ready_write, b"r")

@@ -1,0 +1,149 @@
+"""The aiosmtpd handler: checks each envelope and hands each message to the router or spool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+
+from mailrouter import replies
+from mailrouter.config import Settings
+from mailrouter.errors import QueueError, QueueFullError
+from mailrouter.inbound.outcome import DeliveryRecord, Observer
+from mailrouter.inbound.spool import Spool
+from mailrouter.inbound.wire import HookListing
+from mailrouter.message import MailRequest
+from mailrouter.replies import Reply
+from mailrouter.routing.result import DeliveryResult
+from mailrouter.routing.router import Router
+
+log = logging.getLogger(__name__)
+
+_CONTROL = frozenset("\x00\r\n")
+
+
+def _header_section(data: bytes) -> bytes:
+    """The message's header section: everything before the first empty line."""
+    if data.startswith((b"\r\n", b"\n")):
+        return b""
+    ends = [end for end in (data.find(b"\n\r\n"), data.find(b"\n\n")) if end >= 0]
+    return data[: min(ends) + 1] if ends else data
+
+
+def _hops(header: bytes) -> int:
+    """How many ``Received:`` headers there are (each MTA on the way adds one)."""
+    return sum(1 for line in header.split(b"\n") if line[:9].lower() == b"received:")
+
+
+class Receiver(HookListing):
+    """Records the envelope, refuses what breaks a limit, and delivers each message."""
+
+    def __init__(self, settings: Settings, router: Router, spool: Spool | None = None) -> None:
+        self.settings = settings
+        self.router = router
+        self.spool = spool  # spool mode: where messages go before the router
+        self.lmtp = settings.protocol == "lmtp"
+        self.observers: list[Observer] = []  # told of each message (metrics, delivery log)
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if _CONTROL.intersection(address):
+            return str(replies.BAD_SENDER)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return str(replies.SENDER_OK)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        address = address.strip()
+        if _CONTROL.intersection(address) or address in ("", "<>"):
+            return str(replies.BAD_RECIPIENT)
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return str(replies.TOO_MANY_RECIPIENTS)
+        if self.settings.reject_unroutable and not self.router.match(address):
+            return str(replies.no_route(address))
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return str(replies.RECIPIENT_OK)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        started = time.perf_counter()
+        # 64 random bits without a system call per message (random reseeds in forked workers)
+        message_id = f"{random.getrandbits(64):016x}"
+        sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+        request = MailRequest(
+            session.peer, sender, envelope.rcpt_tos, envelope.original_content or b""
+        )
+        answers, result, queue_id = await self._deliver(request, message_id)
+        reply = replies.data_reply(answers, lmtp=self.lmtp, queue_id=queue_id)
+        if self.observers:
+            duration = time.perf_counter() - started
+            record = DeliveryRecord.of(message_id, request, reply, result, duration)
+            for observer in self.observers:
+                observer(record)
+        return reply
+
+    async def _deliver(
+        self, request: MailRequest, message_id: str
+    ) -> tuple[tuple[Reply, ...], DeliveryResult | None, str]:
+        """Check the header, run the router or spool the message: the replies, the router's
+        result if it ran, and the id a 250 gives (the spool's key in spool mode)."""
+        header = _header_section(request.data)
+        if len(header) > self.settings.max_header_size:
+            return replies.HEADER_TOO_LARGE.to(request.recipients), None, message_id
+        if _hops(header) > self.settings.max_received_headers:
+            log.warning("%s: mail loop from %r refused", message_id, request.sender)
+            return replies.MAIL_LOOP.to(request.recipients), None, message_id
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            if self.spool is not None:
+                return await self._spool(self.spool, request)
+            result = await asyncio.wait_for(
+                self.router.deliver(request), self.settings.handler_timeout or None
+            )
+        except TimeoutError:
+            log.error(
+                "%s: handlers for %r took over %ss",
+                message_id,
+                request.recipients,
+                self.settings.handler_timeout,
+            )
+            return replies.HANDLER_TIMEOUT.to(request.recipients), None, message_id
+        except Exception:
+            log.exception("%s: delivery from %r failed", message_id, request.sender)
+            return replies.TEMPORARY_FAILURE.to(request.recipients), None, message_id
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+        return result.replies, result, message_id
+
+    async def _spool(
+        self, spool: Spool, request: MailRequest
+    ) -> tuple[tuple[Reply, ...], None, str]:
+        """Spool mode: store the message for the spool's workers and accept it."""
+        try:
+            key = await spool.accept(request)
+        except QueueFullError:
+            return replies.INSUFFICIENT_STORAGE.to(request.recipients), None, ""
+        except QueueError as exc:
+            log.error("cannot spool a message from %r: %s", request.sender, exc)
+            return replies.TEMPORARY_FAILURE.to(request.recipients), None, ""
+        return replies.ACCEPTED.to(request.recipients), None, key
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected error in a session: answer temporarily and keep serving."""
+        if isinstance(error, TLSSetupException):  # a client's failed handshake, not our bug
+            log.warning("TLS handshake failed: %s", error.__cause__ or error)
+            return str(replies.TLS_FAILED)
+        log.error("session error: %s: %s", type(error).__name__, error, exc_info=error)
+        return str(replies.INTERNAL_ERROR)

@@ -1,0 +1,112 @@
+"""SMTP replies: the ``Reply`` value, the replies mailrouter itself gives, and their formatting.
+
+Every reply a session sends is built here: message-wide refusals are one ``Reply`` given to
+each recipient, a delivery's per-recipient replies are turned into the DATA reply by
+``data_reply`` (one line for SMTP, one per recipient for LMTP), and ``clean`` gives every line a
+client sees an enhanced status code (RFC 3463) and only printable ASCII.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from mailrouter.errors import Status
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The SMTP reply for one envelope recipient (or, with no recipient, for the message)."""
+
+    recipient: str
+    code: int
+    text: str  # starts with the enhanced status code
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+    def to(self, recipients: Iterable[str]) -> tuple[Reply, ...]:
+        """This reply given to each of ``recipients``."""
+        return tuple(dataclasses.replace(self, recipient=rcpt) for rcpt in recipients)
+
+
+def _reply(code: Status, text: str) -> Reply:
+    return Reply("", code, text)
+
+
+ACCEPTED = _reply(Status.OK, "2.0.0 Message accepted")
+TEMPORARY_FAILURE = _reply(Status.LOCAL_ERROR, "4.3.0 Temporary failure, try again later")
+HANDLER_TIMEOUT = _reply(Status.LOCAL_ERROR, "4.3.0 Handler timed out, try again later")
+INTERNAL_ERROR = _reply(Status.LOCAL_ERROR, "4.3.0 Internal error, try again later")
+INSUFFICIENT_STORAGE = _reply(
+    Status.INSUFFICIENT_STORAGE, "4.3.1 Insufficient storage, try again later"
+)
+TOO_MANY_RECIPIENTS = _reply(Status.INSUFFICIENT_STORAGE, "4.5.3 Too many recipients")
+HEADER_TOO_LARGE = _reply(Status.SIZE_EXCEEDED, "5.3.4 Message header too large")
+MAIL_LOOP = _reply(Status.TRANSACTION_FAILED, "5.4.6 Too many hops: mail loop detected")
+BAD_SENDER = _reply(Status.SYNTAX_ERROR, "5.1.7 Bad sender address syntax")
+BAD_RECIPIENT = _reply(Status.SYNTAX_ERROR, "5.1.3 Bad recipient address syntax")
+SENDER_OK = _reply(Status.OK, "2.1.0 Sender OK")
+RECIPIENT_OK = _reply(Status.OK, "2.1.5 Recipient OK")
+SHUTTING_DOWN = _reply(Status.SERVICE_UNAVAILABLE, "4.3.2 Service shutting down, try again later")
+TOO_MANY_CONNECTIONS = _reply(
+    Status.SERVICE_UNAVAILABLE, "4.7.0 Too many connections, try again later"
+)
+TOO_MANY_ERRORS = _reply(Status.SERVICE_UNAVAILABLE, "4.7.0 Too many errors, closing connection")
+IDLE_TIMEOUT = _reply(Status.SERVICE_UNAVAILABLE, "4.4.2 Idle timeout, closing connection")
+SESSION_TIMEOUT = _reply(
+    Status.SERVICE_UNAVAILABLE, "4.4.2 Session time limit exceeded, closing connection"
+)
+TLS_FAILED = _reply(Status.TLS_UNAVAILABLE, "4.7.0 TLS handshake failed")
+
+
+def no_route(recipient: str) -> Reply:
+    """The refusal at RCPT of a recipient that no route matches (``reject_unroutable``)."""
+    return Reply(
+        recipient, Status.MAILBOX_UNAVAILABLE, f"5.1.1 <{recipient}>: no route for this address"
+    )
+
+
+def data_reply(replies: Sequence[Reply], *, lmtp: bool, queue_id: str) -> str:
+    """The reply to DATA: LMTP gives one line per recipient in RCPT order; SMTP, one line
+    for the message: the first refusal, else ``250`` with ``queue_id``."""
+    if lmtp:
+        return "\r\n".join(
+            str(r) if r.code >= 300 else f"{Status.OK} 2.0.0 <{r.recipient}> {queue_id}"
+            for r in replies
+        )
+    refusal = next((r for r in replies if r.code >= 300), None)
+    return str(refusal) if refusal is not None else f"{Status.OK} 2.0.0 Ok: queued as {queue_id}"
+
+
+# Enhanced status codes for the replies aiosmtpd sends without one.
+_ENHANCED_BY_CODE = {
+    421: "4.3.2",
+    451: "4.3.0",
+    500: "5.5.2",
+    501: "5.5.4",
+    502: "5.5.1",
+    503: "5.5.1",
+    504: "5.5.4",
+    530: "5.7.0",
+    550: "5.1.1",
+    552: "5.3.4",
+    553: "5.1.3",
+    554: "5.6.0",
+    555: "5.5.4",
+}
+
+
+def clean(line: str) -> str:
+    """One reply line made safe to send: printable ASCII, with an enhanced code if an error."""
+    if not (line.isprintable() and line.isascii()):
+        line = "".join(
+            "?" if not char.isprintable() or "\udc80" <= char <= "\udcff" else char for char in line
+        )
+    code = line[:3]
+    if not code.isdigit() or int(code) < 400 or line[4:5].isdigit():
+        return line
+    enhanced = _ENHANCED_BY_CODE.get(int(code), f"{code[0]}.0.0")
+    text = line[4:].removeprefix("Error: ").removeprefix("Error ")
+    return f"{code} {enhanced} {text}"
