@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from email import message_from_bytes, policy
@@ -39,6 +40,15 @@ class _Parsed:
         self.message: EmailMessage | None = None
 
 
+def delivery_id(sender: str, data: bytes) -> str:
+    """The id of "these bytes from this envelope sender": what an MTA's retries share.
+
+    32 hex digits of SHA-256 over the normalised sender and the SHA-256 of the bytes.
+    """
+    who = normalize_address(sender).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(who + b"\0" + hashlib.sha256(data).digest()).hexdigest()[:32]
+
+
 class MailRequest:
     """A received message: envelope (peer, sender, recipients) plus the original bytes.
 
@@ -47,7 +57,17 @@ class MailRequest:
     raises on broken input: malformed MIME is reported by the ``email`` package as defects.
     """
 
-    __slots__ = ("_parsed", "_route_from", "data", "peer", "recipient", "recipients", "sender")
+    __slots__ = (
+        "_delivery_id",
+        "_parsed",
+        "_route_from",
+        "attempt",
+        "data",
+        "peer",
+        "recipient",
+        "recipients",
+        "sender",
+    )
 
     def __init__(
         self,
@@ -66,6 +86,9 @@ class MailRequest:
         )
         self._parsed = _Parsed()
         self._route_from: str | None = None
+        self._delivery_id: str | None = None
+        #: how many times this message has been received: 1, or more for an MTA's retries
+        self.attempt = 1
 
     def for_recipient(self, recipient: str) -> MailRequest:
         """A view of this message while it is routed to ``recipient`` (the parse is shared)."""
@@ -73,7 +96,16 @@ class MailRequest:
         view.peer, view.sender, view.recipients = self.peer, self.sender, self.recipients
         view.data, view._parsed, view.recipient = self.data, self._parsed, recipient
         view._route_from = self._route_from
+        view._delivery_id, view.attempt = self._delivery_id, self.attempt
         return view
+
+    @property
+    def delivery_id(self) -> str:
+        """The id of this message from this sender, the same on every retry of it: a key to
+        make what a handler does outside mailrouter idempotent (see ``delivery_id()``)."""
+        if self._delivery_id is None:
+            self._delivery_id = delivery_id(self.sender, self.data)
+        return self._delivery_id
 
     @property
     def route_from(self) -> str:

@@ -36,6 +36,7 @@ def _reply(code: Status, text: str) -> Reply:
 
 
 ACCEPTED = _reply(Status.OK, "2.0.0 Message accepted")
+ALREADY_DELIVERED = _reply(Status.OK, "2.0.0 Already delivered")
 TEMPORARY_FAILURE = _reply(Status.LOCAL_ERROR, "4.3.0 Temporary failure, try again later")
 HANDLER_TIMEOUT = _reply(Status.LOCAL_ERROR, "4.3.0 Handler timed out, try again later")
 INTERNAL_ERROR = _reply(Status.LOCAL_ERROR, "4.3.0 Internal error, try again later")
@@ -69,15 +70,35 @@ def no_route(recipient: str) -> Reply:
 
 
 def data_reply(replies: Sequence[Reply], *, lmtp: bool, queue_id: str) -> str:
-    """The reply to DATA: LMTP gives one line per recipient in RCPT order; SMTP, one line
-    for the message: the first refusal, else ``250`` with ``queue_id``."""
+    """The reply to DATA. LMTP: one line per recipient, in RCPT order. SMTP, one line for the
+    message: a temporary refusal of any recipient (the MTA retries; the recipients already
+    done are not run again), else a permanent one when every recipient was refused, else
+    ``250`` (a recipient refused beside delivered ones is told in a delivery report)."""
     if lmtp:
-        return "\r\n".join(
-            str(r) if r.code >= 300 else f"{Status.OK} 2.0.0 <{r.recipient}> {queue_id}"
-            for r in replies
-        )
-    refusal = next((r for r in replies if r.code >= 300), None)
-    return str(refusal) if refusal is not None else f"{Status.OK} 2.0.0 Ok: queued as {queue_id}"
+        return "\r\n".join(_lmtp_line(reply, queue_id) for reply in replies)
+    deferred = next((r for r in replies if 400 <= r.code < 500), None)
+    if deferred is not None:
+        return str(deferred)
+    if all(r.code >= 500 for r in replies):
+        return str(replies[0])
+    if all(r.text == ALREADY_DELIVERED.text for r in replies):
+        return str(ALREADY_DELIVERED)
+    return f"{Status.OK} 2.0.0 Ok: queued as {queue_id}"
+
+
+def _lmtp_line(reply: Reply, queue_id: str) -> str:
+    if reply.code >= 300:
+        return str(reply)
+    done = "Already delivered" if reply.text == ALREADY_DELIVERED.text else queue_id
+    return f"{Status.OK} 2.0.0 <{reply.recipient}> {done}"
+
+
+def partly_refused(replies: Sequence[Reply]) -> tuple[Reply, ...]:
+    """Over SMTP, the permanently refused recipients of a message answered ``250``: those
+    the sender must be told about in a delivery report (empty when there are none)."""
+    if any(400 <= r.code < 500 for r in replies) or all(r.code >= 500 for r in replies):
+        return ()
+    return tuple(r for r in replies if r.code >= 500)
 
 
 # Enhanced status codes for the replies aiosmtpd sends without one.

@@ -8,9 +8,12 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from helpers import Project
+
+if TYPE_CHECKING:
+    from helpers import Project
 
 _counter = itertools.count()
 
@@ -49,6 +52,8 @@ def make_project(tmp_path: Path) -> Iterator[Callable[..., Project]]:
     whole ``config/mailrouter.toml``. ``handlers`` (module name -> source) are written into
     ``config/handlers``.
     """
+    from helpers import Project  # not at the top: conftest must load while the server is broken
+
     made: list[Project] = []
 
     def make(folder: str | Path = "proj", config: str | None = None, **handlers: str) -> Project:

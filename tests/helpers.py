@@ -14,8 +14,9 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from mailrouter.config import Settings, load_settings
 from mailrouter.runtime.server import Server, build_router
 
 T = TypeVar("T")
-Message = str | Callable[[], str] | None
+Failure = str | Callable[[], str] | None  # what a failed wait says
 
 _counter = itertools.count()
 
@@ -109,13 +110,13 @@ def mail(
 # -- waiting ---------------------------------------------------------------------------------
 
 
-def _failure(message: Message, condition: object, timeout: float) -> str:
+def _failure(message: Failure, condition: object, timeout: float) -> str:
     if callable(message):
         return message()
     return message or f"{condition} did not hold within {timeout} s"
 
 
-def poll(condition: Callable[[], T], timeout: float, *, interval: float = 0.02) -> T | None:
+def poll(condition: Callable[[], T | None], timeout: float, *, interval: float = 0.02) -> T | None:
     """Call ``condition`` until it returns something true, and return that; None at the deadline."""
     deadline = time.monotonic() + timeout
     while not (result := condition()):
@@ -126,11 +127,11 @@ def poll(condition: Callable[[], T], timeout: float, *, interval: float = 0.02) 
 
 
 def wait_for(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     timeout: float = 20.0,
     *,
     interval: float = 0.02,
-    message: Message = None,
+    message: Failure = None,
 ) -> T:
     """``poll`` that fails the test (AssertionError: ``message``) when the deadline passes."""
     result = poll(condition, timeout, interval=interval)
@@ -140,12 +141,12 @@ def wait_for(
 
 
 async def until(
-    condition: Callable[[], T | Awaitable[T]],
+    condition: Callable[[], object],
     timeout: float = 10.0,
     *,
     interval: float = 0.01,
-    message: Message = None,
-) -> T:
+    message: Failure = None,
+) -> Any:
     """``wait_for`` on the test's loop, which keeps running; ``condition`` may be async."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -154,10 +155,18 @@ async def until(
         if inspect.isawaitable(result):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         if loop.time() > deadline:
             raise AssertionError(_failure(message, condition, timeout))
         await asyncio.sleep(interval)
+
+
+def run_threads(threads: list[threading.Thread], timeout: float) -> None:
+    """Start ``threads`` together, then wait for each to end (``timeout`` seconds at most each)."""
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
 
 
 # -- a running server ------------------------------------------------------------------------

@@ -288,12 +288,13 @@ class PostfixInstance:
     async def await_log(self, pattern: str, timeout: float = 30.0, *, since: int = 0) -> str:
         """``wait_for_log`` for async tests: polls without blocking the event loop."""
         regex = re.compile(pattern)
-        return await until(
+        line: str = await until(
             lambda: self._find(regex, since),
             timeout,
             interval=0.1,
             message=lambda: self._no_line(pattern, timeout),
         )
+        return line
 
     def wait_for_status(
         self, queue_id: str, recipient: str, status: str, timeout: float = 30.0, *, since: int = 0

@@ -294,7 +294,12 @@ async def test_log_handler_stores_a_copy_and_logs_one_escaped_line(
 async def test_the_default_config_parses_and_runs(
     tmp_path: Path, data: Path, outbox: Outbox
 ) -> None:
-    overrides = {"port": 0, "state_url": "memory://", "undeliverable": str(tmp_path / "queue")}
+    overrides = {
+        "port": 0,
+        "state_url": "memory://",
+        "undeliverable": str(tmp_path / "queue"),
+        "journal_url": f"sqlite://{tmp_path}/journal.db",
+    }
     settings = load_settings(ROOT / "config", overrides=overrides, environ={})
     assert settings.handlers == (LIST, LOG)
     assert settings.defaults == {"host": r"localhost|example\.com"}

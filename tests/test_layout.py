@@ -16,8 +16,9 @@ ROOT = Path(mailrouter.__file__).parent
 
 # Lowest first: a module may import its own layer and the layers before it, never later ones.
 LAYERS = [
-    {"errors", "replies", "message", "config", "queue", "journal"},
+    {"errors", "replies", "message", "config", "queue"},
     {"state"},
+    {"journal"},
     {"routing"},
     {"outbound"},
     {"inbound"},

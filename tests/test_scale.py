@@ -9,10 +9,11 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from email.utils import make_msgid
 from pathlib import Path
 
 import pytest
-from helpers import Project, wait_for
+from helpers import Project, run_threads, wait_for
 
 from mailrouter.state import open_store
 
@@ -54,9 +55,23 @@ def counting(make_project: MakeProject, folder: str, url: str, pids: Path) -> Pr
     )
 
 
+def two_workers(
+    make_project: MakeProject, tmp_path: Path, *options: str
+) -> tuple[Project, Path, int, int]:
+    """A counting project on SQLite started with two workers (and ``options``): the project,
+    the file of the pids that handled mail, and the port and pid of the supervisor."""
+    pids = tmp_path / "pids.txt"
+    pids.touch()
+    project = counting(make_project, "proj", f"sqlite:///{tmp_path}/state.db", pids)
+    port, supervisor = project.start("--workers", "2", *options)
+    return project, pids, port, supervisor
+
+
 def send(port: int, sender: str) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.sendmail(sender, ["count@example.com"], b"Subject: count\r\n\r\n+1\r\n")
+        # a Message-ID of its own: the same bytes again would be a retry, delivered once
+        message = f"Subject: count\r\nMessage-ID: {make_msgid()}\r\n\r\n+1\r\n"
+        client.sendmail(sender, ["count@example.com"], message.encode())
 
 
 def store_urls(tmp_path: Path) -> list[str]:
@@ -92,10 +107,7 @@ def test_two_instances_share_one_conversation_state(
             for sender in senders
             for port in ports  # each sender's messages land on both instances at once
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        run_threads(threads, 120)
         assert sum(sent.values()) == 300
         store = open_store(url, readonly=True)
         try:
@@ -118,10 +130,7 @@ def test_two_instances_share_one_conversation_state(
 def test_workers_share_the_port_and_a_dead_worker_is_replaced(
     tmp_path: Path, make_project: MakeProject
 ) -> None:
-    pids = tmp_path / "pids.txt"
-    pids.touch()
-    project = counting(make_project, "proj", f"sqlite:///{tmp_path}/state.db", pids)
-    port, supervisor = project.start("--workers", "2")
+    project, pids, port, supervisor = two_workers(make_project, tmp_path)
     try:
         for i in range(40):
             send(port, f"s{i}@x.org")
@@ -169,10 +178,7 @@ def test_workers_refuse_a_store_that_is_not_shared(
 def test_workers_in_spool_mode_each_keep_their_own_spool(
     tmp_path: Path, make_project: MakeProject
 ) -> None:
-    pids = tmp_path / "pids.txt"
-    pids.touch()
-    project = counting(make_project, "proj", f"sqlite:///{tmp_path}/state.db", pids)
-    port, _ = project.start("--workers", "2", "--mode", "spool")
+    project, pids, port, _ = two_workers(make_project, tmp_path, "--mode", "spool")
     for i in range(40):
         send(port, f"s{i}@x.org")
     wait_for(lambda: len(pids.read_text().split()) == 40)  # every message routed

@@ -26,13 +26,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing, suppress
+from email.utils import make_msgid
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import psycopg
 import pytest
 import redis
-from helpers import mail, running, until, wait_for
+from helpers import mail, run_threads, running, until, wait_for
 
 from mailrouter.errors import StoreError
 from mailrouter.state import START, StateStorage, open_store
@@ -374,10 +375,7 @@ def test_two_stores_many_threads_many_senders(shared: Shared) -> None:
         for _ in range(2)
     ]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        run_threads(threads, 60)
         assert not errors
         assert [stores[1].get("k", sender) for sender in senders] == [f"N{4 * rounds}"] * 4
     finally:
@@ -672,7 +670,8 @@ def _smtp_reply(port: int) -> tuple[int, bytes]:
         client.ehlo()
         client.mail("joe@x.org")
         client.rcpt("count@example.com")
-        return client.data(b"Subject: count\r\n\r\nx\r\n")
+        # a new message each time: the same bytes again would be a retry, delivered once
+        return client.data(f"Subject: count\r\nMessage-ID: {make_msgid()}\r\n\r\nx\r\n".encode())
 
 
 async def test_smtp_answers_451_while_the_store_is_down_then_250(
@@ -904,10 +903,7 @@ def test_postgres_concurrent_first_open(postgres_shared: Shared) -> None:
             errors.append(exc)
 
     threads = [threading.Thread(target=open_one) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(WAIT)
+    run_threads(threads, WAIT)
     for store in opened:
         store.close()
     assert not errors

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from mailrouter import __version__
-from mailrouter.cli import gen, queue, routes, send, server, sink
+from mailrouter.cli import gen, messages, queue, routes, send, server, sink
 from mailrouter.cli.common import describe_os_error
 from mailrouter.errors import MailRouterError
 
@@ -43,6 +43,7 @@ for _command in (
     server.status,
     routes.routes,
     queue.queue,
+    messages.messages,
     send.send,
     send.sendmail,
     gen.gen,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
@@ -12,10 +13,14 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 from mailrouter import replies
 from mailrouter.config import Settings
 from mailrouter.errors import QueueError, QueueFullError
+from mailrouter.inbound.ledger import JournalLedger
 from mailrouter.inbound.outcome import DeliveryRecord, Observer
 from mailrouter.inbound.spool import Spool
 from mailrouter.inbound.wire import HookListing
-from mailrouter.message import MailRequest
+from mailrouter.journal import Journal
+from mailrouter.message import MailRequest, normalize_address
+from mailrouter.outbound import sender
+from mailrouter.outbound.dsn import delivery_report
 from mailrouter.replies import Reply
 from mailrouter.routing.result import DeliveryResult
 from mailrouter.routing.router import Router
@@ -41,10 +46,18 @@ def _hops(header: bytes) -> int:
 class Receiver(HookListing):
     """Records the envelope, refuses what breaks a limit, and delivers each message."""
 
-    def __init__(self, settings: Settings, router: Router, spool: Spool | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        router: Router,
+        spool: Spool | None = None,
+        journal: Journal | None = None,
+    ) -> None:
         self.settings = settings
         self.router = router
         self.spool = spool  # spool mode: where messages go before the router
+        self.journal = journal  # what became of each message; which recipients are done
+        self.hostname = settings.hostname or socket.getfqdn()  # once, not per message
         self.lmtp = settings.protocol == "lmtp"
         self.observers: list[Observer] = []  # told of each message (metrics, delivery log)
         self.in_flight = 0
@@ -82,8 +95,7 @@ class Receiver(HookListing):
         request = MailRequest(
             session.peer, sender, envelope.rcpt_tos, envelope.original_content or b""
         )
-        answers, result, queue_id = await self._deliver(request, message_id)
-        reply = replies.data_reply(answers, lmtp=self.lmtp, queue_id=queue_id)
+        reply, result = await self._deliver(request, message_id, session.host_name or "", started)
         if self.observers:
             duration = time.perf_counter() - started
             record = DeliveryRecord.of(message_id, request, reply, result, duration)
@@ -92,23 +104,48 @@ class Receiver(HookListing):
         return reply
 
     async def _deliver(
-        self, request: MailRequest, message_id: str
-    ) -> tuple[tuple[Reply, ...], DeliveryResult | None, str]:
-        """Check the header, run the router or spool the message: the replies, the router's
-        result if it ran, and the id a 250 gives (the spool's key in spool mode)."""
+        self, request: MailRequest, message_id: str, helo: str, started: float
+    ) -> tuple[str, DeliveryResult | None]:
+        """Check the header, then route the message (or spool it) and record what became of
+        it in the journal: the reply, and the router's result if it ran."""
         header = _header_section(request.data)
         if len(header) > self.settings.max_header_size:
-            return replies.HEADER_TOO_LARGE.to(request.recipients), None, message_id
+            return self._reply(replies.HEADER_TOO_LARGE.to(request.recipients), message_id), None
         if _hops(header) > self.settings.max_received_headers:
             log.warning("%s: mail loop from %r refused", message_id, request.sender)
-            return replies.MAIL_LOOP.to(request.recipients), None, message_id
+            return self._reply(replies.MAIL_LOOP.to(request.recipients), message_id), None
         self.in_flight += 1
         self.idle.clear()
         try:
+            ledger = None
+            if self.journal is not None:
+                ledger = await JournalLedger.begin(
+                    self.journal, request, helo, self.router.executor
+                )
             if self.spool is not None:
-                return await self._spool(self.spool, request)
+                return await self._spool(self.spool, request, ledger, started), None
+            answers, result = await self._route(request, message_id, ledger)
+            reply = self._reply(answers, message_id)
+            note = await self._report(request, answers)
+            if ledger is not None:
+                duration = time.perf_counter() - started
+                await ledger.settle(answers, result, reply, duration, note=note)
+            return reply, result
+        except Exception:
+            log.exception("%s: delivery from %r failed", message_id, request.sender)
+            return self._reply(replies.TEMPORARY_FAILURE.to(request.recipients), message_id), None
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+
+    async def _route(
+        self, request: MailRequest, message_id: str, ledger: JournalLedger | None
+    ) -> tuple[tuple[Reply, ...], DeliveryResult | None]:
+        """Run the router, within the handler timeout: each recipient's reply."""
+        try:
             result = await asyncio.wait_for(
-                self.router.deliver(request), self.settings.handler_timeout or None
+                self.router.deliver(request, ledger=ledger), self.settings.handler_timeout or None
             )
         except TimeoutError:
             log.error(
@@ -117,28 +154,50 @@ class Receiver(HookListing):
                 request.recipients,
                 self.settings.handler_timeout,
             )
-            return replies.HANDLER_TIMEOUT.to(request.recipients), None, message_id
-        except Exception:
-            log.exception("%s: delivery from %r failed", message_id, request.sender)
-            return replies.TEMPORARY_FAILURE.to(request.recipients), None, message_id
-        finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self.idle.set()
-        return result.replies, result, message_id
+            return replies.HANDLER_TIMEOUT.to(request.recipients), None
+        return result.replies, result
+
+    def _reply(self, answers: tuple[Reply, ...], queue_id: str) -> str:
+        return replies.data_reply(answers, lmtp=self.lmtp, queue_id=queue_id)
+
+    async def _report(self, request: MailRequest, answers: tuple[Reply, ...]) -> str:
+        """Over SMTP, tell the sender of the recipients refused beside delivered ones (the
+        reply is 250): a delivery report through the relay. What to note in the journal."""
+        refused = () if self.lmtp else replies.partly_refused(answers)
+        report = delivery_report(request, refused, reporting_host=self.hostname)
+        if report is None:
+            return ""
+        try:
+            await sender.send_async(report, sender="", recipients=[request.sender])
+        except Exception as exc:
+            log.error("cannot send a delivery report to %r: %s", request.sender, exc)
+            return f"no delivery report: {exc}"
+        log.info("delivery report to %r for %s", request.sender, [r.recipient for r in refused])
+        return f"delivery report sent to {request.sender}"
 
     async def _spool(
-        self, spool: Spool, request: MailRequest
-    ) -> tuple[tuple[Reply, ...], None, str]:
+        self, spool: Spool, request: MailRequest, ledger: JournalLedger | None, started: float
+    ) -> str:
         """Spool mode: store the message for the spool's workers and accept it."""
-        try:
-            key = await spool.accept(request)
-        except QueueFullError:
-            return replies.INSUFFICIENT_STORAGE.to(request.recipients), None, ""
-        except QueueError as exc:
-            log.error("cannot spool a message from %r: %s", request.sender, exc)
-            return replies.TEMPORARY_FAILURE.to(request.recipients), None, ""
-        return replies.ACCEPTED.to(request.recipients), None, key
+        answers = replies.ACCEPTED.to(request.recipients)
+        if ledger is not None and all(
+            ledger.done(normalize_address(rcpt)) for rcpt in request.recipients
+        ):
+            answers = replies.ALREADY_DELIVERED.to(request.recipients)
+            reply = self._reply(answers, "")
+        else:
+            try:
+                key = await spool.accept(request)
+            except QueueFullError:
+                return self._reply(replies.INSUFFICIENT_STORAGE.to(request.recipients), "")
+            except QueueError as exc:
+                log.error("cannot spool a message from %r: %s", request.sender, exc)
+                return self._reply(replies.TEMPORARY_FAILURE.to(request.recipients), "")
+            reply = self._reply(answers, key)
+        if ledger is not None:
+            duration = time.perf_counter() - started
+            await ledger.settle(answers, None, reply, duration, pending=True)
+        return reply
 
     async def handle_exception(self, error: Exception) -> str:
         """An unexpected error in a session: answer temporarily and keep serving."""

@@ -47,7 +47,7 @@ class DeliveryRecord:
         code = next((int(line[:3]) for line in reply.split("\r\n") if line[:1] != "2"), 250)
         return cls(
             message_id,
-            _peer(request.peer),
+            peer_text(request.peer),
             request.sender,
             tuple(request.recipients),
             len(request.data),
@@ -101,7 +101,7 @@ def delivery_log(log_format: Literal["text", "json"]) -> Observer | None:
     return write
 
 
-def _peer(peer: Peer) -> str:
+def peer_text(peer: Peer) -> str:
     """``host:port`` (``[host]:port`` for IPv6) for a TCP peer, else the peer as text."""
     if isinstance(peer, tuple) and len(peer) >= 2:
         host = str(peer[0])

@@ -16,6 +16,8 @@ import contextlib
 import logging
 
 from mailrouter.errors import QueueError
+from mailrouter.inbound.ledger import JournalLedger
+from mailrouter.journal import Journal
 from mailrouter.message import MailRequest
 from mailrouter.queue import Queue, QueueEntry
 from mailrouter.routing.executor import run_blocking
@@ -49,6 +51,7 @@ class Spool:
         self.handler_timeout = handler_timeout or None
         self.max_attempts = max_attempts
         self.undeliverable = router.undeliverable
+        self.journal: Journal | None = None  # set by the server: recipients done are skipped
         self._executor = router.executor
         self._waiting: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -134,10 +137,17 @@ class Spool:
 
     async def _route(self, entry: QueueEntry) -> str | None:
         """Route the entry's message; why it must be tried again, or None if it is done with."""
+        message = entry.message
         try:
+            ledger = None
+            if self.journal is not None:
+                ledger = await JournalLedger.resume(self.journal, message, self._executor)
             result = await asyncio.wait_for(
-                self.router.deliver(entry.message, keep_refused=True), self.handler_timeout
+                self.router.deliver(message, keep_refused=True, ledger=ledger),
+                self.handler_timeout,
             )
+            if ledger is not None:
+                await ledger.settle(result.replies, result, "", 0.0)
         except TimeoutError:  # a handler that hangs would hang again: park the message
             return await self._park(entry, "handlers timed out")
         except Exception as exc:  # the state store or the queue: try again later

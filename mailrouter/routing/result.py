@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from mailrouter import replies
 from mailrouter.errors import QueueError, QueueFullError, SMTPError, Status
 from mailrouter.replies import Reply
 
@@ -50,10 +51,16 @@ class RecipientOutcome:
     matched: bool = False
     handled: bool = False
     stateful_done: bool = False
+    already: bool = False  # its handlers finished on an earlier delivery of the same message
     refusal: SMTPError | None = None
     failures: list[str] = field(default_factory=list)
     # the handlers run, refusing or failing too
     ran: list[HandlerSpec] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """Whether its handlers ran to the end: no refusal, no failure, nothing to queue."""
+        return self.handled and self.refusal is None and not self.failures
 
     @property
     def queue_reason(self) -> str | None:
@@ -71,16 +78,27 @@ def reply_for(
     recipient: str, outcome: RecipientOutcome, queue_key: str | None, queue_error: QueueError | None
 ) -> Reply:
     """The reply for one recipient, given how routing went and whether queueing worked."""
+    if outcome.already:
+        return replies.ALREADY_DELIVERED.to((recipient,))[0]
     if outcome.refusal is not None:
         return Reply(recipient, outcome.refusal.code, outcome.refusal.message)
     if outcome.queue_reason is None:
-        return Reply(recipient, Status.OK, "2.0.0 Message accepted")
+        return replies.ACCEPTED.to((recipient,))[0]
     if queue_key is not None:
         return Reply(recipient, Status.OK, f"2.0.0 Message queued as {queue_key}")
     if isinstance(queue_error, QueueFullError):
-        return Reply(
-            recipient, Status.INSUFFICIENT_STORAGE, "4.3.1 Insufficient storage, try again later"
-        )
+        return replies.INSUFFICIENT_STORAGE.to((recipient,))[0]
     if queue_error is not None or outcome.failures:
-        return Reply(recipient, Status.LOCAL_ERROR, "4.3.0 Temporary failure, try again later")
+        return replies.TEMPORARY_FAILURE.to((recipient,))[0]
     return Reply(recipient, Status.MAILBOX_UNAVAILABLE, f"5.1.1 No route for <{recipient}>")
+
+
+class Ledger(Protocol):
+    """Where a delivery learns which recipients an earlier delivery of the same message
+    finished, and records each recipient the moment its handlers finish (the journal)."""
+
+    def done(self, address: str) -> bool:
+        """Whether the handlers for ``address`` (normalised) already finished."""
+
+    async def finished(self, address: str, outcome: RecipientOutcome) -> None:
+        """Record that the handlers for ``address`` finished; raises if it cannot."""

@@ -20,7 +20,7 @@ from mailrouter.queue import Queue
 from mailrouter.routing.decorators import HandlerSpec, Route, RouteTable, build_table
 from mailrouter.routing.executor import Blocking, run_blocking, run_here, run_to_end
 from mailrouter.routing.locks import KeyedAsyncLocks, held_in_executor
-from mailrouter.routing.result import DeliveryResult, RecipientOutcome, reply_for
+from mailrouter.routing.result import DeliveryResult, Ledger, RecipientOutcome, reply_for
 from mailrouter.state import ERROR, MemoryStorage, StateStorage
 
 log = logging.getLogger(__name__)
@@ -204,19 +204,29 @@ class Router:
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def deliver(self, message: MailRequest, *, keep_refused: bool = False) -> DeliveryResult:
+    async def deliver(
+        self, message: MailRequest, *, keep_refused: bool = False, ledger: Ledger | None = None
+    ) -> DeliveryResult:
         """Route ``message`` to every envelope recipient's handlers; queue what none handled.
 
         Handler errors never escape: they become replies and queue entries. Errors of the state
-        store or the event loop do escape, and the caller answers with a temporary failure.
-        ``keep_refused`` queues the recipients a handler refused too (when no client can be told).
+        store, the ledger or the event loop do escape, and the caller answers with a temporary
+        failure. ``keep_refused`` queues the recipients a handler refused too (when no client
+        can be told). With a ``ledger``, recipients it says are done are not run again, and each
+        recipient whose handlers finish is recorded in it before the next one is routed.
         """
         outcomes: dict[str, RecipientOutcome] = {}  # by normalised address: duplicates route once
         per_recipient: list[tuple[str, RecipientOutcome]] = []
         for recipient in message.recipients:
             address = normalize_address(recipient)
             if address not in outcomes:
-                outcomes[address] = await self._route(message.for_recipient(recipient), address)
+                if ledger is not None and ledger.done(address):
+                    outcomes[address] = RecipientOutcome(matched=True, handled=True, already=True)
+                else:
+                    outcome = await self._route(message.for_recipient(recipient), address)
+                    if ledger is not None and outcome.finished:
+                        await ledger.finished(address, outcome)
+                    outcomes[address] = outcome
             per_recipient.append((recipient, outcomes[address]))
         reasons = {
             rcpt: reason

@@ -7,8 +7,8 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import ssl
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -22,9 +22,11 @@ from mailrouter.inbound.handler import Receiver
 from mailrouter.inbound.outcome import delivery_log
 from mailrouter.inbound.smtp import LMTPSession, ServerState, SMTPSession
 from mailrouter.inbound.spool import Spool
+from mailrouter.journal import Journal, open_journal
 from mailrouter.outbound import sender as outgoing
 from mailrouter.outbound import templates as views
 from mailrouter.queue import Queue
+from mailrouter.routing.executor import run_blocking
 from mailrouter.routing.router import Router
 from mailrouter.runtime.daemon import drop_privileges
 from mailrouter.state import open_store
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from mailrouter.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+_PURGE_INTERVAL = 3600.0  # seconds between journal retention passes
 
 
 def build_router(settings: Settings, *, readonly: bool = False) -> Router:
@@ -88,7 +92,7 @@ class Server:
         self.state = ServerState(
             settings.max_connections, settings.session_timeout, settings.max_errors
         )
-        self.hostname = settings.hostname or socket.getfqdn()  # once, not per connection
+        self.hostname = self.handler.hostname
         self.tls_context = _tls_context(settings)
         self.metrics: Metrics | None = None
         log_line = delivery_log(settings.log_format)
@@ -96,6 +100,7 @@ class Server:
             self.handler.observers.append(log_line)
         self._server: asyncio.Server | None = None
         self._port: int | None = None
+        self._purging: asyncio.Task[None] | None = None
 
     @property
     def sessions(self) -> set[SMTPSession]:
@@ -122,10 +127,18 @@ class Server:
     async def start(self) -> None:
         """Bind the listening socket (TCP, or a Unix socket when ``unix_socket`` is set).
 
-        In spool mode, the spool's workers start first, with what an earlier run left.
+        The journal opens first; in spool mode, the spool's workers start next, with what an
+        earlier run left.
         """
         loop = asyncio.get_running_loop()
+        journal = await run_blocking(
+            self.router.executor, open_journal, self.settings.journal_store_url()
+        )
+        self.handler.journal = journal
+        if journal is not None:
+            self._purging = asyncio.create_task(self._purge(journal))
         if self.handler.spool is not None:
+            self.handler.spool.journal = journal
             await self.handler.spool.start()
         try:
             if self.settings.unix_socket:
@@ -144,6 +157,7 @@ class Server:
         except OSError as exc:
             if self.handler.spool is not None:
                 await self.handler.spool.stop(0)
+            await self._close_journal()
             raise MailRouterError(
                 f"cannot listen on {self.settings.address}: {exc.strerror}"
             ) from exc
@@ -208,6 +222,30 @@ class Server:
             await self.handler.spool.stop(timeout)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
+        await self._close_journal()
+
+    async def _purge(self, journal: Journal) -> None:
+        """Retention: purge journal entries older than ``journal_retention_days``, hourly."""
+        keep = self.settings.journal_retention_days * 86400
+        while True:
+            try:
+                purged = await run_blocking(self.router.executor, journal.purge, time.time() - keep)
+            except MailRouterError as exc:
+                log.warning("cannot purge the journal: %s", exc)
+            else:
+                if purged:
+                    log.info("purged %d journal entries older than %g days", purged, keep / 86400)
+            await asyncio.sleep(_PURGE_INTERVAL)
+
+    async def _close_journal(self) -> None:
+        journal, self.handler.journal = self.handler.journal, None
+        if self._purging is not None:
+            self._purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purging
+            self._purging = None
+        if journal is not None:
+            await run_blocking(self.router.executor, journal.close)
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:

@@ -1,0 +1,123 @@
+"""A delivery's view of the journal: which recipients are done, and what became of each.
+
+The router asks the ledger which recipients an earlier delivery of the same message already
+finished (they are not run again) and tells it the moment a recipient's handlers finish, before
+the next recipient is routed; ``settle`` then records the others (queued, refused, deferred or
+pending) and the reply. Every journal call runs in the executor: the loop never waits on disk.
+
+The one window left: a crash after a handler's side effect and before its ``record`` commits
+(one small write, well under a millisecond) runs that handler again on the retry. Handlers
+that must be exact there key their side effects by ``message.delivery_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from concurrent.futures import Executor
+
+from mailrouter.inbound.outcome import peer_text
+from mailrouter.journal import Arrival, Journal, Outcome, RecipientStatus
+from mailrouter.message import MailRequest, normalize_address
+from mailrouter.replies import Reply
+from mailrouter.routing.executor import run_blocking
+from mailrouter.routing.result import DeliveryResult, RecipientOutcome
+
+
+class JournalLedger:
+    """The ``Ledger`` the router uses for one delivery of one message."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        message: MailRequest,
+        done: Collection[str],
+        executor: Executor | None,
+    ) -> None:
+        self.journal = journal
+        self.message = message
+        self.executor = executor
+        self._done = set(done)  # normalised addresses whose handlers finished
+        self._recorded: set[str] = set()  # finished in this delivery
+
+    @classmethod
+    async def begin(
+        cls, journal: Journal, message: MailRequest, helo: str, executor: Executor | None
+    ) -> JournalLedger:
+        """Record a reception of ``message``; its ``attempt`` becomes this reception's number."""
+        arrival = Arrival(
+            message.sender, message.recipients, message.data, peer_text(message.peer), helo
+        )
+        attempt = await run_blocking(executor, journal.begin, arrival)
+        message.attempt = attempt.number
+        return cls(journal, message, attempt.done, executor)
+
+    @classmethod
+    async def resume(
+        cls, journal: Journal, message: MailRequest, executor: Executor | None
+    ) -> JournalLedger:
+        """The ledger of a message received before (spool mode): nothing new is recorded."""
+        entry = await run_blocking(executor, journal.get, message.delivery_id)
+        if entry is None:  # spooled while the journal was off: record it now
+            return await cls.begin(journal, message, "", executor)
+        message.attempt = entry.attempts
+        done = [normalize_address(r.recipient) for r in entry.outcomes if r.done]
+        return cls(journal, message, done, executor)
+
+    def done(self, address: str) -> bool:
+        """Whether the handlers for ``address`` (normalised) already finished."""
+        return address in self._done
+
+    async def finished(self, address: str, outcome: RecipientOutcome) -> None:
+        """Record that the handlers for ``address`` finished, durably, before going on."""
+        handlers = tuple(handler.qualname for handler in outcome.ran)
+        record = Outcome("delivered", reply="250 2.0.0 Message accepted", handlers=handlers)
+        await run_blocking(
+            self.executor, self.journal.record, self.message.delivery_id, address, record
+        )
+        self._recorded.add(address)
+
+    async def settle(
+        self,
+        replies: Sequence[Reply],
+        result: DeliveryResult | None,
+        reply: str,
+        duration: float,
+        *,
+        pending: bool = False,
+        note: str = "",
+    ) -> None:
+        """Record every recipient not recorded yet, from its reply, then the message's reply.
+
+        ``pending``: spool mode accepted the message, not yet routed. ``note`` is added to the
+        reason of refused recipients (the delivery report sent about them).
+        """
+        outcomes = []
+        for answer in replies:
+            address = normalize_address(answer.recipient)
+            if address in self._done or address in self._recorded:
+                continue
+            self._recorded.add(address)
+            outcomes.append((answer.recipient, _outcome(answer, result, pending, note)))
+        await run_blocking(self.executor, self._settle, outcomes, reply, duration)
+
+    def _settle(self, outcomes: list[tuple[str, Outcome]], reply: str, duration: float) -> None:
+        for recipient, outcome in outcomes:
+            self.journal.record(self.message.delivery_id, recipient, outcome)
+        if reply:  # routed from the spool: the client's reply was recorded at reception
+            self.journal.finish(self.message.delivery_id, reply, duration)
+
+
+def _outcome(answer: Reply, result: DeliveryResult | None, pending: bool, note: str) -> Outcome:
+    status: RecipientStatus
+    if 400 <= answer.code < 500:
+        status = "deferred"
+    elif answer.code >= 500:
+        return Outcome("refused", reply=str(answer), reason=note)
+    elif pending:
+        status = "pending"
+    elif result is not None and answer.recipient in result.reasons:
+        reason = result.reasons[answer.recipient]
+        return Outcome("queued", str(answer), queue_key=result.queue_key or "", reason=reason)
+    else:
+        status = "delivered"
+    return Outcome(status, reply=str(answer))
