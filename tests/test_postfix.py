@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from helpers import running
+from helpers import Sink, running, sink_server
 from postfix import (
     LMTP_DOMAIN,
     SMTP_DOMAIN,
@@ -27,6 +27,8 @@ from postfix import (
     require_postfix,
 )
 
+from mailrouter.outbound import sender
+from mailrouter.outbound.transport import ConnectionOptions
 from mailrouter.runtime.server import Server
 
 APP = """
@@ -173,3 +175,78 @@ async def test_handler_smtp_error_bounces_the_recipient_over_smtp(
         line = await postfix.await_status(queue_id, rcpt, "bounced")
     assert "said: 550 5.1.1 No such user here" in line
     assert delivered(app) == []
+
+
+CONTRACT_APP = """
+from pathlib import Path
+from mailrouter import route, stateless, SMTPError
+
+EFFECTS = Path({effects!r})
+
+
+@route("bounce@(host)")
+@stateless
+def BOUNCE(message, host=None):
+    raise SMTPError(550, "5.1.1 No such user here")
+
+
+@route("later@(host)")
+@stateless
+def LATER(message, host=None):
+    tried = EFFECTS.parent / "tried"
+    if not tried.exists():
+        tried.touch()
+        raise SMTPError(451, "4.3.0 Try again later")
+    with EFFECTS.open("a") as effects:
+        effects.write(f"{{message.recipient}}\\n")
+
+
+@route("(user)@(host)", user="(?!later|bounce)[a-z0-9.+-]+")
+@stateless
+def DELIVER(message, user=None, host=None):
+    with EFFECTS.open("a") as effects:
+        effects.write(f"{{message.recipient}}\\n")
+"""
+
+
+async def test_a_550_beside_deliveries_sends_them_and_reports_the_third_to_the_sender(
+    tmp_path: Path, make_module: Callable[..., str], start_postfix: StartPostfix
+) -> None:
+    effects = tmp_path / "effects.txt"
+    app = make_module(CONTRACT_APP.format(effects=str(effects)))
+    sink = Sink()
+    rcpts = [f"a@{SMTP_DOMAIN}", f"b@{SMTP_DOMAIN}", f"bounce@{SMTP_DOMAIN}"]
+    async with sink_server(sink) as sink_port:
+        with sender.using(sender.Relay(ConnectionOptions("127.0.0.1", sink_port))):
+            async with mailrouter(tmp_path, app) as server:
+                postfix = await start_postfix(server.port)
+                queue_id = await postfix.asend(SENDER, rcpts, message("three recipients"))
+                lines = [await postfix.await_status(queue_id, rcpt, "sent") for rcpt in rcpts]
+                await postfix.await_log(rf"\b{queue_id}: removed\b")
+    assert all("250 2.0.0 Ok: queued as" in line for line in lines)
+    assert "status=bounced" not in postfix.log_text()  # Postfix bounced nobody
+    assert effects.read_text().splitlines() == rcpts[:2]
+    (report,) = sink.received
+    assert (report.sender, report.recipients) == ("<>", [SENDER])
+    text = report.data.decode()
+    assert f"Final-Recipient: rfc822; bounce@{SMTP_DOMAIN}" in text
+    assert "Diagnostic-Code: smtp; 550 5.1.1 No such user here" in text
+
+
+async def test_a_451_is_retried_by_postfix_and_every_side_effect_happens_once(
+    tmp_path: Path, make_module: Callable[..., str], start_postfix: StartPostfix
+) -> None:
+    effects = tmp_path / "effects.txt"
+    app = make_module(CONTRACT_APP.format(effects=str(effects)))
+    rcpts = [f"ok@{SMTP_DOMAIN}", f"later@{SMTP_DOMAIN}"]
+    async with mailrouter(tmp_path, app) as server:
+        postfix = await start_postfix(server.port)
+        queue_id = await postfix.asend(SENDER, rcpts, message("one deferred"))
+        deferred = await postfix.await_status(queue_id, rcpts[1], "deferred")
+        mark = postfix.log_mark()
+        await postfix.aflush()
+        for rcpt in rcpts:
+            await postfix.await_status(queue_id, rcpt, "sent", since=mark)
+        await postfix.await_log(rf"\b{queue_id}: removed\b", since=mark)
+    assert "451 4.3.0 Try again later" in deferred
+    assert sorted(effects.read_text().splitlines()) == sorted(rcpts)  # each exactly once
