@@ -12,6 +12,8 @@ and the ratio to the sink. Loopback only; stops by itself. The servers are in ``
 Scenarios (``--scenario``):
 
 - ``throughput`` (default): every target with a handler that does nothing.
+- ``journal``: mailrouter with ``journal_url = ""`` and with the default journal, side by side.
+  Goal: the journal costs at most 10% at 10 messages per connection.
 - ``slow``: a stateful mailrouter handler that blocks 10 ms, run with ``lock_scope = "key"``,
   ``lock_scope = "global"``, ``mode = "spool"`` and spool mode with the global lock;
   accepted/s, and routed/s until the spool is drained. Goal: key / global >= 10.
@@ -105,7 +107,8 @@ async def connection(
         await reply()
         writer.write(b"DATA\r\n")
         await reply()
-        writer.write(data)
+        # a header of its own: the same bytes from the same sender again would be a retry
+        writer.write(b"X-Bench: %d.%d\r\n" % (index, i) + data)
         await reply()
         latencies.append(time.perf_counter() - start)
     writer.write(b"QUIT\r\n")
@@ -328,14 +331,37 @@ def startup(args: argparse.Namespace, folder: Path) -> None:
     print(f"min {best:.3f} s, median {median:.3f} s (goal < 1 s: {verdict(median < 1)})")
 
 
+def journal(args: argparse.Namespace, folder: Path) -> None:
+    """mailrouter with the journal off and on (the default SQLite file), in one run."""
+    specs = [
+        targets.mailrouter(folder, "journal off", journal_url=""),
+        targets.mailrouter(folder, "journal on"),
+    ]
+    data = message(args.size)
+    best = run_rounds(specs, args, data)
+    print(
+        f"{args.connections} connections x {args.per_connection} msgs, {len(data)} bytes,"
+        f" {SENDERS} senders"
+    )
+    print(f"{'mailrouter':16} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/msg':>11}")
+    for name, r in best.items():
+        print(
+            f"{name:16} {r.rate:8,.0f} {r.percentile(0.5):8.2f} {r.percentile(0.99):8.2f}"
+            f" {r.cpu_per_message:11.0f}"
+        )
+    cost = 1 - best["journal on"].rate / best["journal off"].rate
+    print(f"the journal costs {cost:.1%} (goal <= 10% at 10 msgs per connection)")
+
+
 SCENARIOS = {
     "throughput": throughput,
+    "journal": journal,
     "slow": slow,
     "workers": workers,
     "memory": memory,
     "startup": startup,
 }
-DEFAULT_MESSAGES = {"throughput": 4800, "slow": 800, "workers": 2400}
+DEFAULT_MESSAGES = {"throughput": 4800, "journal": 4800, "slow": 800, "workers": 2400}
 
 
 def parse_args() -> argparse.Namespace:
@@ -351,6 +377,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, help="mailrouter worker processes (1)")
     parser.add_argument("--state-url", default="", help="mailrouter's state store")
+    parser.add_argument("--journal-url", help="mailrouter's journal ('' turns it off)")
     parser.add_argument("--salmon", metavar="PYTHON", help="a python with salmon-mail installed")
     parser.add_argument("--haraka", metavar="DIR", help="a folder with node_modules/Haraka")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
@@ -371,6 +398,7 @@ def main() -> None:
         options.profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())]
     options.extra = ["--workers", str(args.workers)] if args.workers else []
     options.extra += ["--state-url", args.state_url] if args.state_url else []
+    options.extra += ["--journal-url", args.journal_url] if args.journal_url is not None else []
     if options.pin:
         os.sched_setaffinity(0, {1})
     with tempfile.TemporaryDirectory() as folder:

@@ -44,6 +44,10 @@ SETTING_HELP = {
     "executor_threads": "Threads that run plain (non-async) handlers and state store calls.",
     "state_url": "Where senders' states are kept: shelve://PATH or memory://.",
     "undeliverable": "Maildir queue of messages no handler took.",
+    "journal_url": "What became of each message, and which recipients are done: sqlite://PATH,"
+    " postgresql://..., or '' (off: no duplicate check).",
+    "journal_retention_days": "Days journal entries are kept before the server purges them.",
+    "spool_max_attempts": "Spool mode: failed routings before a message goes to undeliverable.",
     "templates": "Folder of the templates that mailrouter.outbound.templates renders.",
     "pid_file": "Pid file of the running server.",
     "log_file": "Log file of the server when it runs in the background.",

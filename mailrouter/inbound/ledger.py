@@ -5,9 +5,11 @@ finished (they are not run again) and tells it the moment a recipient's handlers
 the next recipient is routed; ``settle`` then records the others (queued, refused, deferred or
 pending) and the reply. Every journal call runs in the executor: the loop never waits on disk.
 
-The one window left: a crash after a handler's side effect and before its ``record`` commits
-(one small write, well under a millisecond) runs that handler again on the retry. Handlers
-that must be exact there key their side effects by ``message.delivery_id``.
+The one window left: a crash after a handler's side effect and before its record commits runs
+that handler again on the retry. For every recipient but the last that is one small write, well
+under a millisecond; the last recipient's record is committed with the reply, so its window
+also spans queueing the others' copies (if any) and computing the reply. Handlers that must be
+exact there key their side effects by ``message.delivery_id``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from concurrent.futures import Executor
 
+from mailrouter import replies
 from mailrouter.inbound.outcome import peer_text
 from mailrouter.journal import Arrival, Journal, Outcome, RecipientStatus
 from mailrouter.message import MailRequest, normalize_address
@@ -38,6 +41,7 @@ class JournalLedger:
         self.executor = executor
         self._done = set(done)  # normalised addresses whose handlers finished
         self._recorded: set[str] = set()  # finished in this delivery
+        self._last: tuple[str, Outcome] | None = None  # recorded by settle
 
     @classmethod
     async def begin(
@@ -67,18 +71,22 @@ class JournalLedger:
         """Whether the handlers for ``address`` (normalised) already finished."""
         return address in self._done
 
-    async def finished(self, address: str, outcome: RecipientOutcome) -> None:
-        """Record that the handlers for ``address`` finished, durably, before going on."""
+    async def finished(self, address: str, outcome: RecipientOutcome, *, last: bool) -> None:
+        """Record that the handlers for ``address`` finished, durably, before the next recipient
+        is routed; the last recipient's record goes with ``settle``'s write."""
         handlers = tuple(handler.qualname for handler in outcome.ran)
-        record = Outcome("delivered", reply="250 2.0.0 Message accepted", handlers=handlers)
+        record = Outcome("delivered", reply=str(replies.ACCEPTED), handlers=handlers)
+        self._recorded.add(address)
+        if last:
+            self._last = (address, record)
+            return
         await run_blocking(
             self.executor, self.journal.record, self.message.delivery_id, address, record
         )
-        self._recorded.add(address)
 
     async def settle(
         self,
-        replies: Sequence[Reply],
+        answers: Sequence[Reply],
         result: DeliveryResult | None,
         reply: str,
         duration: float,
@@ -91,8 +99,8 @@ class JournalLedger:
         ``pending``: spool mode accepted the message, not yet routed. ``note`` is added to the
         reason of refused recipients (the delivery report sent about them).
         """
-        outcomes = []
-        for answer in replies:
+        outcomes = [self._last] if self._last is not None else []
+        for answer in answers:
             address = normalize_address(answer.recipient)
             if address in self._done or address in self._recorded:
                 continue

@@ -193,6 +193,8 @@ class Journal:
             ]
             if rows:
                 cur.executemany(self._sql["name"], rows)
+            if number == 1:  # never seen before: nothing can be done yet
+                return Attempt(ident, number)
             cur.execute(self._sql["done"], (ident,))
             found = {normalize_address(r.recipient): r for r in map(_recipient, cur.fetchall())}
             done = {key: record for key, record in found.items() if record.done}

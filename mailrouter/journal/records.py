@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from functools import cached_property
 from typing import Any, Literal, get_args
 
@@ -64,26 +63,34 @@ def printable(text: str) -> str:
 
 def _header_value(raw: str) -> str:
     """A header's raw value (raw UTF-8 bytes, RFC 2047 words) decoded, unfolded, bounded."""
-    text = printable(raw)
-    with contextlib.suppress(Exception):  # a malformed encoded word: show it as it came
-        text = str(make_header(decode_header(text)))
-    return " ".join(printable(text).split())[:_VALUE_LIMIT]
+    text = raw if raw.isprintable() else printable(raw)
+    if "=?" in text:
+        with contextlib.suppress(Exception):  # a malformed encoded word: show it as it came
+            text = printable(str(make_header(decode_header(text))))
+    return " ".join(text.split())[:_VALUE_LIMIT]
+
+
+_FIELD = re.compile(
+    rb"^(subject|from|to|date|message-id)[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M
+)
+_NAMES = {name.lower().encode(): name for name in (*MAIN_HEADERS, "Message-ID")}
 
 
 def main_headers(data: bytes) -> tuple[str, dict[str, str]]:
-    """The Message-ID and the main headers (Subject, From, To, Date) present in ``data``."""
+    """The Message-ID and the main headers (Subject, From, To, Date) present in ``data``: the
+    first of each in the header section (a scan, not a parse: this runs for every message)."""
     head = data[:_HEADER_SCAN]
-    for blank in (b"\r\n\r\n", b"\n\n"):
+    if head.startswith((b"\r\n", b"\n")):
+        head = b""
+    for blank in (b"\n\r\n", b"\n\n"):
         end = head.find(blank)
         if end >= 0:
-            head = head[: end + len(blank)]
-            break
-    wanted = {name.lower(): name for name in (*MAIN_HEADERS, "Message-ID")}
+            head = head[: end + 1]
     found: dict[str, str] = {}
-    for name, raw in BytesHeaderParser(policy=compat32).parsebytes(head).raw_items():
-        key = wanted.get(name.lower())
-        if key is not None and key not in found:
-            found[key] = _header_value(raw)
+    for match in _FIELD.finditer(head):
+        name = _NAMES[match.group(1).lower()]
+        if name not in found:
+            found[name] = _header_value(match.group(2).decode("utf-8", "surrogateescape"))
     message_id = found.pop("Message-ID", "")
     return message_id, {name: found[name] for name in MAIN_HEADERS if name in found}
 

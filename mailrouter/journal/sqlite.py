@@ -19,12 +19,30 @@ import time
 from collections.abc import Callable
 from contextlib import closing, suppress
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from mailrouter.journal.backend import Cursor, Dialect, JournalError, JournalURL
 from mailrouter.journal.base import Journal
 
 T = TypeVar("T")
+
+
+class _Write:
+    """A write waiting to be committed, and how it went."""
+
+    __slots__ = ("error", "finished", "result", "what", "work")
+
+    def __init__(self, what: str, work: Callable[[Cursor], Any]) -> None:
+        self.what, self.work = what, work
+        self.finished = False
+        self.result: Any = None
+        self.error: JournalError | None = None
+
+
+def _journal_error(shown: str, what: str, exc: Exception) -> JournalError:
+    if isinstance(exc, JournalError):
+        return exc
+    return JournalError(f"journal {shown}: cannot {what}: {exc}")
 
 
 class SqliteDatabase:
@@ -42,7 +60,9 @@ class SqliteDatabase:
         self.path = Path(path)
         self.shown = f"sqlite://{self.path}"
         self._busy_timeout = busy_timeout
-        self._guard = threading.Lock()
+        self._guard = threading.Lock()  # the connection: one transaction at a time
+        self._queued = threading.Lock()  # the writes waiting for the next commit
+        self._queue: list[_Write] = []
         self._conn: sqlite3.Connection | None = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -77,25 +97,62 @@ class SqliteDatabase:
             time.sleep(0.01)
 
     def run(self, what: str, work: Callable[[Cursor], T], *, write: bool, atomic: bool) -> T:
-        """``work`` in one transaction (``BEGIN IMMEDIATE`` when it writes), or on its own."""
+        """``work`` in a transaction. Writes are group-committed: the thread that takes the
+        connection runs every write queued by then, each in its own savepoint, and commits them
+        together; each caller returns once the commit holding its write is done."""
+        if not write:
+            with self._guard:
+                return cast(T, self._transaction(what, [_Write(what, work)], begin="BEGIN")[0])
+        mine = _Write(what, work)
+        with self._queued:
+            self._queue.append(mine)
         with self._guard:
-            conn = self._conn
-            if conn is None:
-                raise JournalError(f"journal {self.shown} is closed")
-            try:
-                with closing(conn.cursor()) as cur:
-                    if atomic:
-                        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                    result = work(cur)
-                    if atomic:
-                        cur.execute("COMMIT")
-                    return result
-            except sqlite3.Error as exc:
-                raise JournalError(f"journal {self.shown}: cannot {what}: {exc}") from exc
-            finally:
-                if conn.in_transaction:  # work failed: undo its part
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+            if not mine.finished:
+                with self._queued:
+                    batch, self._queue = self._queue, []
+                try:
+                    results = self._transaction(what, batch, begin="BEGIN IMMEDIATE")
+                except JournalError as exc:
+                    for write_ in batch:
+                        write_.error = exc
+                else:
+                    for write_, result in zip(batch, results, strict=True):
+                        write_.result = result
+                for write_ in batch:
+                    write_.finished = True
+        if mine.error is not None:
+            raise mine.error
+        return cast(T, mine.result)
+
+    def _transaction(self, what: str, batch: list[_Write], *, begin: str) -> list[Any]:
+        """Run ``batch`` in one transaction, each in a savepoint: what each returned, or the
+        JournalError it raised (set on it); a failed commit raises."""
+        conn = self._conn
+        if conn is None:
+            raise JournalError(f"journal {self.shown} is closed")
+        results: list[Any] = []
+        try:
+            with closing(conn.cursor()) as cur:
+                cur.execute(begin)
+                if len(batch) == 1:  # alone: its error is the transaction's
+                    results.append(batch[0].work(cur))
+                for write_ in batch if len(batch) > 1 else ():
+                    cur.execute("SAVEPOINT one")
+                    try:
+                        results.append(write_.work(cur))
+                    except (sqlite3.Error, JournalError) as exc:
+                        cur.execute("ROLLBACK TO one")
+                        write_.error = _journal_error(self.shown, write_.what, exc)
+                        results.append(None)
+                    cur.execute("RELEASE one")
+                cur.execute("COMMIT")
+        except (sqlite3.Error, JournalError) as exc:
+            raise _journal_error(self.shown, what, exc) from exc
+        finally:
+            if conn.in_transaction:  # the work or the commit failed: undo the batch
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+        return results
 
     def close(self) -> None:
         """Close the connection; idempotent."""

@@ -100,5 +100,6 @@ class Ledger(Protocol):
     def done(self, address: str) -> bool:
         """Whether the handlers for ``address`` (normalised) already finished."""
 
-    async def finished(self, address: str, outcome: RecipientOutcome) -> None:
-        """Record that the handlers for ``address`` finished; raises if it cannot."""
+    async def finished(self, address: str, outcome: RecipientOutcome, *, last: bool) -> None:
+        """Record that the handlers for ``address`` finished; raises if it cannot. ``last``:
+        no recipient is routed after it, so the record may wait for the delivery's last write."""

@@ -217,15 +217,16 @@ class Router:
         """
         outcomes: dict[str, RecipientOutcome] = {}  # by normalised address: duplicates route once
         per_recipient: list[tuple[str, RecipientOutcome]] = []
-        for recipient in message.recipients:
-            address = normalize_address(recipient)
+        addresses = [normalize_address(recipient) for recipient in message.recipients]
+        last = addresses[-1] if len(set(addresses)) == len(addresses) else None
+        for recipient, address in zip(message.recipients, addresses, strict=True):
             if address not in outcomes:
                 if ledger is not None and ledger.done(address):
                     outcomes[address] = RecipientOutcome(matched=True, handled=True, already=True)
                 else:
                     outcome = await self._route(message.for_recipient(recipient), address)
                     if ledger is not None and outcome.finished:
-                        await ledger.finished(address, outcome)
+                        await ledger.finished(address, outcome, last=address == last)
                     outcomes[address] = outcome
             per_recipient.append((recipient, outcomes[address]))
         reasons = {
