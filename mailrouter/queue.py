@@ -18,6 +18,9 @@ Writes follow the maildir rules: create in ``tmp/``, fsync, rename into ``new/``
 directory. Consumers claim an entry by renaming it into ``cur/``; ``recover()`` returns claims
 left behind by a crash. An entry released after failed attempts carries their count in the
 maildir info of its name, ``<unique>:1,<attempts>``, so the count survives a restart.
+
+About 360 lines: the maildir rules (write, claim, recover, finish, release) are one
+crash-safety argument that is checked best in one file.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ current context, which the server sets for its run with ``using(relay)`` (the te
 fixture sets an in-memory one). A ``Relay`` makes each attempt with its ``Transport`` (see
 ``transport.py``); mail that cannot be delivered now waits in the outbox (see ``outbox.py``) and
 is retried by ``run_retries``.
+
+The relay's whole surface (the protocol, ``prepare``, ``Relay``, the context) is one concept,
+sending a message; at about 330 lines it is not split.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 The pid file holds only the pid (as systemd's ``PIDFile=`` expects); the address the server is
 bound to is written beside it, in ``<pid_file>.address``, for ``mailrouter status``. Both are
 written by the server process once its socket is bound, and removed when it exits.
+
+About 340 lines for one concept, the process on the machine: the pid file, the detach, the
+stop and the privilege drop each need the others' view of the pid file.
 """
 
 from __future__ import annotations

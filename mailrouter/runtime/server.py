@@ -1,4 +1,8 @@
-"""The server's lifecycle: start (bind, spool, metrics), serve until a signal, reload, drain."""
+"""The server's lifecycle: start (bind, spool, metrics), serve until a signal, reload, drain.
+
+One concept, the lifecycle, in one place (about 330 lines): start, stop and the signal-driven
+``serve`` share the state they set up and tear down in reverse, which splitting would scatter.
+"""
 
 from __future__ import annotations
 

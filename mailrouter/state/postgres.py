@@ -44,7 +44,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from mailrouter.errors import StoreError
 from mailrouter.state.base import START
-from mailrouter.state.shared import SharedStore, StoreURL, from_text, to_text
+from mailrouter.state.shared import SharedStore, StoreURL, from_text, to_text, url_options
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +118,9 @@ class PostgresStorage(SharedStore[Connection]):
     @classmethod
     def from_url(cls, url: str, *, readonly: bool = False) -> PostgresStorage:
         """Open ``postgresql://[user[:password]@]host[:port]/db?options``."""
-        parsed = StoreURL(url, ("table", "lock_wait", "timeout", "pool_size", "max_locks"))
-        return cls(
-            parsed.without_ours(),
-            readonly=readonly,
-            table=parsed.options.get("table", "mailrouter_state"),
-            lock_wait=parsed.seconds("lock_wait", 60.0),
-            timeout=parsed.seconds("timeout", 5.0),
-            pool_size=parsed.count("pool_size", 4),
-            max_locks=parsed.count("max_locks", 16),
-        )
+        options = url_options(cls)
+        parsed = StoreURL(url, options)
+        return cls(parsed.without_ours(), readonly=readonly, **parsed.keywords(options))
 
     def _configure_lock_conn(self, conn: Connection) -> None:
         timeout = f"{math.ceil(self.lock_wait * 1000)}ms"

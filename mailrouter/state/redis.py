@@ -33,7 +33,7 @@ from redis.retry import Retry
 
 from mailrouter.errors import StoreError
 from mailrouter.state.base import START
-from mailrouter.state.shared import Leases, SharedStore, StoreURL, new_token
+from mailrouter.state.shared import Leases, SharedStore, StoreURL, new_token, url_options
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,9 @@ class RedisStorage(SharedStore[str]):
     @classmethod
     def from_url(cls, url: str, *, readonly: bool = False) -> RedisStorage:
         """Open ``redis://[user:password@]host:port/db?options`` (or ``rediss://``)."""
-        parsed = StoreURL(url, ("prefix", "lock_timeout", "lock_wait"))
-        return cls(
-            parsed.without_ours(),
-            readonly=readonly,
-            prefix=parsed.options.get("prefix", "mailrouter:"),
-            lock_timeout=parsed.seconds("lock_timeout", 30.0),
-            lock_wait=parsed.seconds("lock_wait", 60.0),
-        )
+        options = url_options(cls)
+        parsed = StoreURL(url, options)
+        return cls(parsed.without_ours(), readonly=readonly, **parsed.keywords(options))
 
     def _call(self, command: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one redis-py call, its failures as ``StoreError``."""

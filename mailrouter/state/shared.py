@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -11,9 +12,9 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mailrouter.errors import StoreError
@@ -66,12 +67,37 @@ class StoreURL:
             raise StoreError(f"state store URL {self.shown!r}: {name} must be positive seconds")
         return number
 
+    def keywords(self, defaults: Mapping[str, object]) -> dict[str, Any]:
+        """The options the URL gives, read by their defaults' types: seconds, counts or text."""
+        given: dict[str, Any] = {}
+        for name, default in defaults.items():
+            if name not in self.options:
+                continue
+            if isinstance(default, float):
+                given[name] = self.seconds(name, default)
+            elif isinstance(default, int):
+                given[name] = self.count(name, default)
+            else:
+                given[name] = self.options[name]
+        return given
+
     def count(self, name: str, default: int) -> int:
         """Option ``name`` as a positive integer."""
         value = self.options.get(name, str(default))
         if not value.isdigit() or int(value) < 1:
             raise StoreError(f"state store URL {self.shown!r}: {name} must be a positive integer")
         return int(value)
+
+
+def url_options(factory: Callable[..., object]) -> dict[str, object]:
+    """The keyword-only options of a store's constructor with their defaults (``readonly``
+    aside): what its URL's query may set, so defaults are written once, in the constructor."""
+    parameters = inspect.signature(factory).parameters.values()
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "readonly"
+    }
 
 
 def redact(url: str) -> str:

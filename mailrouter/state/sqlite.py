@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 from mailrouter.errors import StoreError
 from mailrouter.state.base import START
-from mailrouter.state.shared import SharedStore, StoreURL, from_text, to_text
+from mailrouter.state.shared import SharedStore, StoreURL, from_text, to_text, url_options
 
 log = logging.getLogger(__name__)
 
@@ -188,17 +188,13 @@ class SqliteStorage(SharedStore[tuple[_LockFile, int]]):
     @classmethod
     def from_url(cls, url: str, *, readonly: bool = False) -> SqliteStorage:
         """Open ``sqlite:///abs/path`` or ``sqlite://relative/path`` with its options."""
-        parsed = StoreURL(url, ("lock_wait", "busy_timeout"))
+        options = url_options(cls)
+        parsed = StoreURL(url, options)
         parsed.refuse_rest()
         path = parsed.parts.netloc + parsed.parts.path
         if not path or path.endswith("/"):
             raise StoreError(f"state store URL {url!r} names no file, e.g. sqlite:///var/state.db")
-        return cls(
-            path,
-            readonly=readonly,
-            lock_wait=parsed.seconds("lock_wait", 60.0),
-            busy_timeout=parsed.seconds("busy_timeout", 5.0),
-        )
+        return cls(path, readonly=readonly, **parsed.keywords(options))
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], int]:
         """Run one statement (its own transaction): its rows and how many rows it changed.
