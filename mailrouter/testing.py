@@ -46,16 +46,11 @@ class Outbox(Sender):
     def __init__(self) -> None:
         self.sent: list[Sent] = []
 
-    def send(
-        self,
-        msg: Sendable,
-        *,
-        sender: str | None = None,
-        recipients: Sequence[str] | None = None,
-        check: bool = False,
-    ) -> SendResult:
-        """Keep ``msg``; it counts as delivered to every recipient."""
-        envelope_sender, rcpts, data, message_id = prepare(msg, sender, recipients)
+    def send(self, msg: Sendable, **kw: Unpack[SendOptions]) -> SendResult:
+        """Keep ``msg``; it counts as delivered to every recipient (``check`` has nothing to
+        check)."""
+        envelope = prepare(msg, kw.get("sender"), kw.get("recipients"))
+        envelope_sender, rcpts, data, message_id = envelope
         parsed = message_from_bytes(data, policy=policy.default)
         assert isinstance(parsed, EmailMessage)
         self.sent.append(Sent(envelope_sender, tuple(rcpts), parsed))
