@@ -72,14 +72,35 @@ class _Ask:
         return state(self.message, self.list, self.action, self.token, self.host) or state
 
 
-def _ask(
-    message: MailRequest, list: str | None, action: str | None, token: str | None, host: str | None
-) -> _Ask | None:
-    """The request, or None for automatic mail (a bounce, an auto-reply, list mail)."""
-    if is_automatic(message):
-        return None
-    assert list is not None and host is not None, "every list route captures list and host"
-    return _Ask(message, list, host, action, token)
+ANY_STATUS = "any"  # a state for a sender whatever the list file says
+
+
+def _list_state(status: str | None) -> Callable[[Callable[[_Ask], State | None]], State]:
+    """A list state from ``step(ask)``, with the signature the routes capture. Automatic mail
+    (a bounce, an auto-reply, list mail) gets no answer, and a sender whose status in the list
+    file is not ``status`` (None: not on the list) is resumed in the state the file implies."""
+
+    def make(step: Callable[[_Ask], State | None]) -> State:
+        def handler(
+            message: MailRequest,
+            list: str | None = None,
+            action: str | None = None,
+            token: str | None = None,
+            host: str | None = None,
+        ) -> State | None:
+            if is_automatic(message):
+                return None
+            assert list is not None and host is not None, "every list route captures them"
+            ask = _Ask(message, list, host, action, token)
+            if status != ANY_STATUS and lists.status(ask.list, ask.sender) != status:
+                return _recover(ask)
+            return step(ask)
+
+        handler.__name__ = handler.__qualname__ = step.__name__
+        handler.__doc__ = step.__doc__
+        return handler
+
+    return make
 
 
 def _recover(ask: _Ask) -> State:
@@ -93,18 +114,9 @@ def _recover(ask: _Ask) -> State:
 @route("(list)@(host)", list=lists.NAME)
 @route("(list)-(action)@(host)", list=lists.NAME, action="subscribe|unsubscribe")
 @route("(list)-confirm-(token)@(host)", list=lists.NAME, token="(?a:[a-z0-9]+)")
-def START(
-    message: MailRequest,
-    list: str | None = None,
-    action: str | None = None,
-    token: str | None = None,
-    host: str | None = None,
-) -> State | None:
+@_list_state(None)
+def START(ask: _Ask) -> State | None:
     """Not on the list: a subscription request mails a confirmation; the rest is refused."""
-    if (ask := _ask(message, list, action, token, host)) is None:
-        return None
-    if lists.status(ask.list, ask.sender) is not None:
-        return _recover(ask)
     if ask.command == "confirm":
         raise SMTPError(550, f"5.7.1 No subscription to {ask.address()} awaits confirmation")
     if ask.command != "subscribe":
@@ -119,18 +131,9 @@ def START(
 
 
 @route_like(START)
-def CONFIRMING(
-    message: MailRequest,
-    list: str | None = None,
-    action: str | None = None,
-    token: str | None = None,
-    host: str | None = None,
-) -> State | None:
+@_list_state("pending")
+def CONFIRMING(ask: _Ask) -> State | None:
     """Waiting for the token: the right one makes a member; subscribing again resends it."""
-    if (ask := _ask(message, list, action, token, host)) is None:
-        return None
-    if lists.status(ask.list, ask.sender) != "pending":
-        return _recover(ask)
     if ask.command == "subscribe":
         ask.answer("confirm", lists.request(ask.list, ask.sender))
         return None
@@ -148,18 +151,9 @@ def CONFIRMING(
 
 
 @route_like(START)
-def POSTING(
-    message: MailRequest,
-    list: str | None = None,
-    action: str | None = None,
-    token: str | None = None,
-    host: str | None = None,
-) -> State | None:
+@_list_state("member")
+def POSTING(ask: _Ask) -> State | None:
     """A member: posts go to every member; unsubscribing leaves the list."""
-    if (ask := _ask(message, list, action, token, host)) is None:
-        return None
-    if lists.status(ask.list, ask.sender) != "member":
-        return _recover(ask)
     if ask.command == "post":
         members = sorted(lists.read(ask.list).members)
         listmail.distribute(ask.message, ask.list, ask.host, members)
@@ -175,16 +169,10 @@ def POSTING(
 
 
 @route_like(START)
-def ERROR(
-    message: MailRequest,
-    list: str | None = None,
-    action: str | None = None,
-    token: str | None = None,
-    host: str | None = None,
-) -> State | None:
+@_list_state(ANY_STATUS)
+def ERROR(ask: _Ask) -> State | None:
     """A handler failed for this sender earlier: carry on from what the list file says."""
-    ask = _ask(message, list, action, token, host)
-    return None if ask is None else _recover(ask)
+    return _recover(ask)
 
 
 @route("(list)-bounces@(host)", list=lists.NAME)
