@@ -490,7 +490,7 @@ async def test_returning_a_non_function_is_a_handler_failure(
     router.load([app])
     msg = mail(recipients=["odd@x.org"])
     result = await router.deliver(msg)
-    assert "not a handler function" in result.reasons["odd@x.org"]
+    assert "not a state function" in result.reasons["odd@x.org"]
     assert router.get_state(app, msg) == ERROR
 
 

@@ -51,6 +51,12 @@ def _mark(func: Callable[..., Any]) -> _Mark:
     return mark
 
 
+def is_state(value: object) -> bool:
+    """Whether ``value`` is a routed, stateful handler function: the only valid next state."""
+    mark = getattr(value, "__dict__", {}).get(_MARK)
+    return isinstance(mark, _Mark) and bool(mark.routes) and not mark.stateless
+
+
 def _check_function(func: object, decorator: str) -> None:
     if not inspect.isfunction(func):
         raise RouteError(f"@{decorator} applies to module-level functions, not {func!r}")

@@ -7,6 +7,7 @@ it, refuse, fail, transition) must be read in one place with the locks it runs u
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import logging
@@ -22,7 +23,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 from mailrouter.errors import LoadError, QueueError, SMTPError
 from mailrouter.message import MailRequest, normalize_address
 from mailrouter.queue import Queue
-from mailrouter.routing.decorators import HandlerSpec, Route, RouteTable, build_table
+from mailrouter.routing.decorators import HandlerSpec, Route, RouteTable, build_table, is_state
 from mailrouter.routing.executor import Blocking, run_blocking, run_here, run_to_end
 from mailrouter.routing.locks import KeyedAsyncLocks, held_in_executor
 from mailrouter.routing.result import DeliveryResult, Ledger, RecipientOutcome, reply_for
@@ -366,28 +367,35 @@ class Router:
                 result = await blocking(handler.func, message, **found.captures)
         except SMTPError as error:
             raise _Refused(handler, error) from error
-        except Exception as exc:
+        except asyncio.CancelledError as exc:
+            if _cancelling():  # the delivery itself is cancelled (timeout, shutdown): go on
+                raise
+            raise await blocking(self._failure, handler, choice.key, message, exc) from exc
+        except BaseException as exc:
             raise await blocking(self._failure, handler, choice.key, message, exc) from exc
         await blocking(self._transition, handler, choice.key, message, result)
         return handler
 
     def _failure(
-        self, handler: HandlerSpec, key: str, message: MailRequest, exc: Exception
+        self, handler: HandlerSpec, key: str, message: MailRequest, exc: BaseException
     ) -> _HandlerFailed:
-        """Put the handler's module into ERROR for this sender; the failure to raise."""
-        self.store.set(key, message.route_from, ERROR)
+        """A failed stateful handler puts its module into ERROR for this sender (a stateless
+        one has no state to leave); the failure to raise."""
+        if not handler.stateless:
+            self.store.set(key, message.route_from, ERROR)
         return _HandlerFailed(handler, f"handler {handler.qualname} failed: {_describe(exc)}")
 
     def _transition(
         self, handler: HandlerSpec, key: str, message: MailRequest, result: object
     ) -> None:
-        """Apply a stateful handler's return value: a handler function names the next state."""
+        """Apply a stateful handler's return value: a routed state function names the next
+        state; anything else (a lambda, another callable, a value) is a handler failure."""
         if handler.stateless or result is None:
             return
-        module, name = getattr(result, "__module__", None), getattr(result, "__name__", None)
-        if not callable(result) or not isinstance(module, str) or not isinstance(name, str):
-            problem = TypeError(f"returned {result!r}, not a handler function or None")
+        if not is_state(result):
+            problem = TypeError(f"returned {result!r}, not a state function or None")
             raise self._failure(handler, key, message, problem) from problem
+        module, name = getattr(result, "__module__", ""), getattr(result, "__name__", "")
         self.store.set(self.state_key(module, message), message.route_from, name)
 
     async def _blocking(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -404,6 +412,15 @@ def _import(name: str) -> ModuleType:
 def _refused(outcome: RecipientOutcome, keep_refused: bool) -> str | None:
     """The queue reason for a refused recipient that nobody can be told about, if kept."""
     return f"refused: {outcome.refusal}" if keep_refused and outcome.refusal else None
+
+
+def _cancelling() -> bool:
+    """Whether the task running now is being cancelled (False off the event loop)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # an executor thread: no loop, so nobody cancels this call
+        return False
+    return task is not None and task.cancelling() > 0
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,234 @@
+"""One handler cannot take the server down, and a 250 always means handled or queued.
+
+Handlers that call ``sys.exit()``, raise ``KeyboardInterrupt``, ``CancelledError`` or another
+``BaseException``, return a lambda or fail while stateless: each is a handler failure (the
+message is queued and acknowledged), and the server goes on serving, over real SMTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import smtplib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers import mail, running, until
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailrouter import ERROR, START, Router
+from mailrouter.queue import Queue, QueueEntry
+
+HOSTILE = """
+import asyncio, sys
+from mailrouter import route, stateless
+
+
+@route("exit@(host)")
+@stateless
+def EXIT(message, host=None):
+    sys.exit(3)
+
+
+@route("interrupt@(host)")
+@stateless
+async def INTERRUPT(message, host=None):
+    raise KeyboardInterrupt
+
+
+@route("cancel@(host)")
+@stateless
+async def CANCEL(message, host=None):
+    raise asyncio.CancelledError
+
+
+class Odd(BaseException):
+    pass
+
+
+@route("odd@(host)")
+@stateless
+def ODD(message, host=None):
+    raise Odd("not an Exception")
+
+
+@route("fine@(host)")
+@stateless
+def FINE(message, host=None):
+    pass
+"""
+
+
+def entries(queue: Queue) -> list[QueueEntry]:
+    return [queue.read(key) for key in queue.keys()]  # noqa: SIM118 - a Queue, not a dict
+
+
+def send(port: int, rcpt: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        client.mail("joe@x.org")
+        client.rcpt(rcpt)
+        return client.data(f"Subject: to {rcpt}\r\n\r\nHi.\r\n".encode())
+
+
+@pytest.mark.parametrize("rcpt", ["exit", "interrupt", "cancel", "odd"])
+async def test_a_handler_that_raises_a_base_exception_is_a_failure_not_a_stop(
+    tmp_path: Path, make_module: Callable[..., str], rcpt: str
+) -> None:
+    app = make_module(HOSTILE)
+    async with running(tmp_path, app) as server:
+        code, text = await asyncio.to_thread(send, server.port, f"{rcpt}@example.com")
+        assert code == 250 and text.startswith(b"2.0.0 Ok: queued as "), (code, text)
+        assert (await asyncio.to_thread(send, server.port, "fine@example.com"))[0] == 250
+    (entry,) = entries(Queue(tmp_path / "run" / "undeliverable"))
+    assert entry.reasons[f"{rcpt}@example.com"].startswith(f"handler {app}.")
+
+
+async def test_a_spooled_message_whose_handler_exits_is_queued_and_the_spool_goes_on(
+    tmp_path: Path, make_module: Callable[..., str]
+) -> None:
+    app = make_module(HOSTILE)
+    queue = Queue(tmp_path / "run" / "undeliverable")
+    async with running(tmp_path, app, mode="spool") as server:
+        assert (await asyncio.to_thread(send, server.port, "exit@example.com"))[0] == 250
+        assert (await asyncio.to_thread(send, server.port, "fine@example.com"))[0] == 250
+        await until(lambda: len(queue) == 1, 20, message="the spool did not route the message")
+    (entry,) = entries(queue)
+    assert "SystemExit" in entry.reasons["exit@example.com"]
+
+
+MACHINE = """
+from mailrouter import route, stateless
+
+
+@route("list@(host)", host="[a-z.]+")
+@stateless
+def LOG(message, host=None):
+    if message["Subject"] == "fail":
+        raise RuntimeError("the log is full")
+
+
+@route("list@(host)", host="[a-z.]+")
+def START(message, host=None):
+    if message["Subject"] == "lambda":
+        return lambda message: None
+    return MEMBER
+
+
+@route("list@(host)", host="[a-z.]+")
+def MEMBER(message, host=None):
+    return MEMBER
+"""
+
+
+async def test_a_failing_stateless_handler_leaves_the_senders_state_alone(
+    tmp_path: Path, make_module: Callable[..., str]
+) -> None:
+    app = make_module(MACHINE)
+    router = Router(undeliverable=Queue(tmp_path / "queue"))
+    router.load([app])
+    failed = await router.deliver(mail(recipients=["list@x.org"], subject="fail"))
+    assert failed.queued  # the failure is queued ...
+    assert router.get_state(app, mail()) == "MEMBER"  # ... and START still ran and moved on
+
+
+async def test_returning_a_lambda_is_a_handler_failure_and_never_a_state(
+    tmp_path: Path, make_module: Callable[..., str]
+) -> None:
+    app = make_module(MACHINE)
+    router = Router(undeliverable=Queue(tmp_path / "queue"))
+    router.load([app])
+    result = await router.deliver(mail(recipients=["list@x.org"], subject="lambda"))
+    assert "not a state function" in result.reasons["list@x.org"]
+    assert router.get_state(app, mail()) == ERROR
+
+
+# -- the invariant, over random handler outcomes ----------------------------------------------
+
+OUTCOMES = ["ok", "next", "refuse", "defer", "raise", "exit", "lambda", "value"]
+
+PROPERTY = """
+import sys
+from mailrouter import SMTPError, route, stateless
+
+PLAN = {}  # recipient local part -> (stateless outcome, stateful outcome)
+
+
+def act(outcome):
+    if outcome == "refuse":
+        raise SMTPError(550, "5.7.1 No")
+    if outcome == "defer":
+        raise SMTPError(451, "4.3.0 Later")
+    if outcome == "raise":
+        raise RuntimeError("bug")
+    if outcome == "exit":
+        sys.exit(1)
+    if outcome == "lambda":
+        return lambda m: None
+    if outcome == "value":
+        return 42
+    if outcome == "next":
+        return SECOND
+    return None
+
+
+@route("(user)@(host)", user="r[0-9]", host="[a-z.]+")
+@stateless
+def ALWAYS(message, user=None, host=None):
+    act(PLAN[user][0])
+
+
+@route("(user)@(host)", user="r[0-9]", host="[a-z.]+")
+def START(message, user=None, host=None):
+    return act(PLAN[user][1])
+
+
+@route("(user)@(host)", user="r[0-9]", host="[a-z.]+")
+def SECOND(message, user=None, host=None):
+    return act(PLAN[user][1])
+"""
+
+plans = st.lists(
+    st.tuples(st.sampled_from(OUTCOMES), st.sampled_from(OUTCOMES)), min_size=1, max_size=4
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(first=plans, second=plans)
+def test_a_250_means_a_handler_finished_or_the_message_was_queued(
+    tmp_path_factory: pytest.TempPathFactory,
+    property_app: str,
+    first: list[tuple[str, str]],
+    second: list[tuple[str, str]],
+) -> None:
+    queue = Queue(tmp_path_factory.mktemp("queue"))
+    router = Router(undeliverable=queue)
+    router.load([property_app])
+    module = importlib.import_module(property_app)
+    for plan in (first, second):  # twice: the first delivery leaves states the second meets
+        module.PLAN.clear()
+        module.PLAN.update({f"r{i}": outcome for i, outcome in enumerate(plan)})
+        recipients = [f"r{i}@x.org" for i in range(len(plan))]
+        result = asyncio.run(router.deliver(mail(recipients=recipients)))
+        for reply in result.replies:
+            if reply.code != 250:
+                continue
+            outcome = result.outcomes[reply.recipient]
+            queued = result.queued and reply.recipient in result.reasons
+            assert outcome.finished or queued, (plan, reply, outcome)
+            assert outcome.ran or queued, (plan, reply)
+    assert router.get_state(property_app, mail()) in (START, ERROR, "SECOND")
+
+
+@pytest.fixture(scope="module")
+def property_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import sys
+
+    folder = tmp_path_factory.mktemp("property_app")
+    (folder / "property_handlers.py").write_text(PROPERTY)
+    sys.path.insert(0, str(folder))
+    yield "property_handlers"
+    sys.path.remove(str(folder))
+    sys.modules.pop("property_handlers", None)
