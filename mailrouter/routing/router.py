@@ -133,23 +133,34 @@ class Router:
             modules += [_import(name) for name in new]
             self._table = build_table(modules, self.defaults)
 
-    def reload(self) -> None:
-        """Re-import every loaded module and rebuild the routes; states are kept.
+    def reload(self, names: Iterable[str] | None = None) -> None:
+        """Rebuild the routes from scratch from ``names`` (default: the loaded modules) as their
+        files say now; states are kept. See ``compile``; the new table replaces the old one."""
+        self.use(self.compile(names))
 
-        If any module fails to re-import or to compile, the old routes stay in place and a
-        ``LoadError`` (or ``RouteError``) says why.
+    def compile(self, names: Iterable[str] | None = None) -> RouteTable:
+        """Import ``names`` (default: the loaded modules) afresh and compile their routes.
+
+        Fresh imports, not ``importlib.reload``: a function or a module deleted from its file is
+        gone, a new one appears. If any module fails to import (``sys.exit()`` at import
+        included) or to compile, the modules imported before stay in place and a ``LoadError``
+        (or ``RouteError``) says why; the table in use is untouched either way.
         """
         with self._loading:
             importlib.invalidate_caches()
-            modules = []
-            for name in self._table.modules:
-                try:
-                    modules.append(importlib.reload(sys.modules[name]))
-                except Exception as exc:
-                    raise LoadError(
-                        f"cannot reload handler module {name!r}: {_describe(exc)}"
-                    ) from exc
-            self._table = build_table(modules, self.defaults)
+            wanted = list(dict.fromkeys(self._table.modules if names is None else names))
+            saved = {name: sys.modules.pop(name) for name in wanted if name in sys.modules}
+            try:
+                return build_table([_import(name) for name in wanted], self.defaults)
+            except BaseException:
+                for name in wanted:
+                    sys.modules.pop(name, None)
+                sys.modules.update(saved)
+                raise
+
+    def use(self, table: RouteTable) -> None:
+        """Route with ``table`` from now on (one assignment: a delivery sees one table)."""
+        self._table = table
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -405,7 +416,7 @@ class Router:
 def _import(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
-    except Exception as exc:
+    except BaseException as exc:
         raise LoadError(f"cannot import handler module {name!r}: {_describe(exc)}") from exc
 
 

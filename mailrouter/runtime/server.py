@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PURGE_INTERVAL = 3600.0  # seconds between journal retention passes
+RELOAD_TIMEOUT = 60.0  # seconds the handler modules may take to import on SIGHUP
 
 
 def build_router(settings: Settings, *, readonly: bool = False) -> Router:
@@ -272,12 +273,19 @@ async def _serve(
     server = Server(settings, router)
     stopping = asyncio.Event()
     retries: asyncio.Task[None] | None = None
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = asyncio.create_task(_reload(router, settings))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     try:
         await server.start()
         drop_privileges(settings)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, _reload, router, settings)
+        loop.add_signal_handler(signal.SIGHUP, reload)
         log.info(
             "mailrouter ready on %s (pid %d, %d routes, %s)",
             server.address,
@@ -297,17 +305,27 @@ async def _serve(
             await retries
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        for task in list(reloads):  # a reload still importing: the old routes served to the end
+            task.cancel()
         router.close()
 
 
-def _reload(router: Router, settings: Settings) -> None:
-    """SIGHUP: re-import the handler modules and load newly dropped-in ones."""
+async def _reload(router: Router, settings: Settings) -> None:
+    """SIGHUP: rebuild the routes from what the handler files say now, off the event loop.
+
+    Deleted functions and files disappear, new ones appear. A module that fails, exits or takes
+    longer than ``RELOAD_TIMEOUT`` to import is a failed reload: the old routes stay whole.
+    """
     try:
-        router.reload()
-        router.load(handler_modules(settings))
+        compiling = asyncio.to_thread(lambda: router.compile(handler_modules(settings)))
+        table = await asyncio.wait_for(compiling, RELOAD_TIMEOUT)
+    except TimeoutError:
+        log.error("reload failed, keeping the old routes: imports took over %ss", RELOAD_TIMEOUT)
+        return
     except MailRouterError as exc:
         log.error("reload failed, keeping the old routes: %s", exc)
         return
+    router.use(table)
     log.info("reloaded handlers: %d routes", len(router.routes()))
 
 
