@@ -18,6 +18,9 @@ COPY --chown=mailrouter:mailrouter handlers_example ./handlers_example
 RUN mkdir -p run logs && chown mailrouter:mailrouter run logs
 
 USER mailrouter
+# run/ outlives the container: after a kill -9 its pid file still names pid 1, which is alive
+# again on restart. That is harmless: only the lock on run/mailrouter.pid.lock, which the kernel
+# dropped with the old process, says whether a server runs, so the container starts again.
 VOLUME ["/srv/mailrouter/run"]
 EXPOSE 8825
 

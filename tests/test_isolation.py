@@ -8,13 +8,16 @@ message is queued and acknowledged), and the server goes on serving, over real S
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import smtplib
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import mail, running, until
+from helpers import mail, running, until, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -232,3 +235,50 @@ def property_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield "property_handlers"
     sys.path.remove(str(folder))
     sys.modules.pop("property_handlers", None)
+
+
+HANGING = """
+import threading
+from pathlib import Path
+from mailrouter import route, stateless
+
+@route("hang@(host)")
+@stateless
+def HANG(message, host=None):
+    Path({started!r}).touch()
+    threading.Event().wait()  # never returns
+"""
+
+
+@pytest.mark.parametrize("mode", ["direct", "spool"])
+def test_a_stop_honours_drain_timeout_when_a_plain_handler_hangs(
+    tmp_path: Path, make_project: Callable[..., Any], mode: str
+) -> None:
+    started = tmp_path / "started"
+    config = f"mode = \"{mode}\"\ndrain_timeout = 1.0\n[defaults]\nhost = 'example\\.com'\n"
+    project = make_project(config=config, hanging=HANGING.format(started=str(started)))
+    port, pid = project.start()
+    client = threading.Thread(target=_send_ignoring_errors, args=(port, "hang@example.com"))
+    client.start()
+    wait_for(started.exists, 20, message="the handler never started")
+    stopped = project.run("stop", "--timeout", "20")
+    assert stopped.returncode == 0, stopped.stderr
+    wait_for(lambda: not _alive(pid), 20, message="the server outlived its drain_timeout")
+    client.join(30)
+    log = (project.folder / "logs" / "mailrouter.log").read_text()
+    assert "still running" in log or "still being routed" in log
+    if mode == "spool":  # never routed to the end: still in the spool for the next start
+        assert list((project.folder / "run" / "spool").rglob("cur/*"))
+
+
+def _send_ignoring_errors(port: int, rcpt: str) -> None:
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        send(port, rcpt)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

@@ -251,7 +251,7 @@ def queue_replay(config: str) -> None:
         try:
             router = stack.enter_context(open_router(settings, readonly=False))
         except StoreError as exc:
-            if daemon.running_pid(settings) is not None:
+            if daemon.lock_holder(settings) is not None:
                 raise MailRouterError(f"{exc}: stop the server first (mailrouter stop)") from None
             raise
         router.undeliverable = None  # the result itself says whether a message is handled now

@@ -59,17 +59,18 @@ def start(config: str, foreground: bool, **overrides: Any) -> None:
         overrides["handlers"] = None
     settings = project_settings(config, overrides)
     from mailrouter.runtime.launch import run
+    from mailrouter.runtime.server import leave_hung_handlers
 
     if foreground:
-        daemon.ensure_not_running(settings)
         configure_logging(settings, to_file=False)
-        with daemon.pid_file(settings) as write_pid:
+        with daemon.pid_file(settings) as write_pid:  # the lock decides, before anything binds
 
             def on_ready(address: str) -> None:
                 write_pid(address)
                 click.echo(f"mailrouter running on {address} (pid {os.getpid()})")
 
             run(settings, on_ready=on_ready)
+        leave_hung_handlers()  # the pid file is gone; a hung handler must not hold the exit
         return
 
     def serve_detached(on_ready: Callable[[str], None]) -> None:
@@ -108,10 +109,22 @@ def stop(config: str, timeout: float | None, force: bool) -> None:
 @config_option
 @click.pass_context
 def status(ctx: click.Context, config: str) -> None:
-    """Say whether the server runs, with its pid and address (exit status 1 if not)."""
+    """Say whether the server runs, with its pid and address (exit status 1 if not).
+
+    Only a server that holds the lock counts: a pid file naming any other process is stale.
+    """
     settings = project_settings(config)
-    pid = daemon.running_pid(settings)
-    if pid is None:
-        click.echo("mailrouter is not running")
+    holder = daemon.lock_holder(settings)
+    if holder is None:
+        click.echo(daemon.not_running(settings))
         ctx.exit(1)
-    click.echo(f"mailrouter running on {daemon.read_address(settings)} (pid {pid})")
+    recorded = daemon.read_pid(daemon.pid_path(settings))
+    if holder.pid is None:
+        click.echo(
+            f"mailrouter is running, but the process holding {daemon.lock_path(settings)} "
+            f"cannot be identified (pid file: {recorded or 'none'})"
+        )
+    elif recorded is None:  # locked, and the pid file is written once the socket is bound
+        click.echo(f"mailrouter is starting (pid {holder.pid})")
+    else:  # the kernel's pid: the pid file's is the server's own, in its own pid namespace
+        click.echo(f"mailrouter running on {daemon.read_address(settings)} (pid {holder.pid})")

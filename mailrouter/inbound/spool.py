@@ -88,6 +88,12 @@ class Spool:
                 task.cancel()
         if self._busy:
             _, late = await asyncio.wait(self._busy, timeout=timeout)
+            if late:
+                log.warning(
+                    "%d messages still being routed after %.0fs; they stay in the spool",
+                    len(late),
+                    timeout,
+                )
             for task in late:
                 task.cancel()
         for task in self._tasks:

@@ -211,10 +211,11 @@ class Router:
         self.store.clear()
 
     def close(self) -> None:
-        """Close the state store and shut down the executor the router was given."""
+        """Close the state store and shut down the executor the router was given, without
+        waiting for a handler that hangs (the drain has already waited what it may)."""
         self.store.close()
         if self.executor is not None:
-            self.executor.shutdown(wait=True)
+            self.executor.shutdown(wait=False, cancel_futures=True)
 
     def _in_state(self, handler: HandlerSpec, message: MailRequest) -> bool:
         return self.get_state(handler.module, message) == handler.name

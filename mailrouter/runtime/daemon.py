@@ -1,25 +1,36 @@
-"""Process management: the pid file, detaching into the background, stopping, dropping privileges.
+"""Process management: the server lock, the pid file, detaching, stopping, dropping privileges.
+
+The server holds a lock on ``<pid_file>.lock`` for its whole life (the kernel drops it when the
+process dies, even by SIGKILL), and the pid in the pid file is believed only while that lock is
+held: a pid file left by a crash may name any live process, and that one is never signalled.
+The lock is two locks on one open file: an ``flock`` that says "a mailrouter runs" (forked
+workers share it, so workers that outlive their supervisor still count) and a POSIX record lock
+whose holder the kernel names (``F_GETLK``), which is the only pid ``stop`` will signal. The lock
+file stays in place: unlinking it could let two servers lock two different files.
 
 The pid file holds only the pid (as systemd's ``PIDFile=`` expects); the address the server is
 bound to is written beside it, in ``<pid_file>.address``, for ``mailrouter status``. Both are
 written by the server process once its socket is bound, and removed when it exits.
 
-About 340 lines for one concept, the process on the machine: the pid file, the detach, the
-stop and the privilege drop each need the others' view of the pid file.
+About 500 lines for one concept, the process on the machine: the lock, the pid file, the
+detach, the stop and the privilege drop each need the others' view of the same files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import logging
 import os
 import pwd
 import select
 import signal
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mailrouter.config import Settings
@@ -30,6 +41,8 @@ log = logging.getLogger(__name__)
 Ready = Callable[[str], None]
 STARTUP_TIMEOUT = 60.0
 _POLL = 0.05
+_PROBE_GRACE = 0.5  # seconds a start waits out another command's momentary probe of the lock
+_FLOCK = "hhqqi4x"  # struct flock (Linux, 64-bit off_t): type, whence, start, len, pid
 
 
 def pid_path(settings: Settings) -> Path:
@@ -40,6 +53,11 @@ def pid_path(settings: Settings) -> Path:
 def address_path(settings: Settings) -> Path:
     """Where the bound address is written, beside the pid file."""
     return Path(f"{pid_path(settings)}.address")
+
+
+def lock_path(settings: Settings) -> Path:
+    """The file the running server keeps locked, beside the pid file."""
+    return Path(f"{pid_path(settings)}.lock")
 
 
 def read_pid(path: str | os.PathLike[str]) -> int | None:
@@ -67,10 +85,118 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# -- the server lock -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A mailrouter holds the server lock: process ``pid``, or one that cannot be named (None:
+    workers left by a killed supervisor, a server in a pid namespace not visible from here, or
+    this very process, whose own POSIX lock does not show)."""
+
+    pid: int | None
+
+
+def _posix_holder(fd: int) -> int | None:
+    """The pid holding a POSIX lock on ``fd``'s file (0: not visible from here); None: nobody."""
+    query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    return None if kind == fcntl.F_UNLCK else max(pid, 0)
+
+
+def lock_holder(settings: Settings) -> Holder | None:
+    """Who holds the server lock; None if no mailrouter does.
+
+    The POSIX lock is only looked at (``F_GETLK`` takes nothing); the ``flock`` is tried shared
+    and non-blocking, and released at once. Not for the process that holds the lock itself:
+    closing any descriptor of the file would drop its POSIX lock.
+    """
+    path = lock_path(settings)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise MailRouterError(f"cannot open lock file {path}: {exc.strerror}") from None
+    try:
+        pid = _posix_holder(fd)
+        if pid is not None:
+            return Holder(pid or None)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return Holder(None)
+        return None
+    finally:
+        os.close(fd)  # releases the shared flock, if it was taken
+
+
 def running_pid(settings: Settings) -> int | None:
-    """The pid of the running server according to the pid file; None if it is not running."""
-    pid = read_pid(pid_path(settings))
-    return pid if pid is not None and pid_alive(pid) else None
+    """The pid of the running server, as the lock it holds proves; None if there is none."""
+    holder = lock_holder(settings)
+    return holder.pid if holder is not None else None
+
+
+def _already_running(settings: Settings, holder: Holder) -> MailRouterError:
+    if holder.pid is not None:
+        return MailRouterError(f"mailrouter is already running (pid {holder.pid})")
+    return MailRouterError(
+        f"mailrouter is already running: {lock_path(settings)} is locked by a process "
+        "that cannot be identified"
+    )
+
+
+def not_running(settings: Settings) -> str:
+    """The "not running" line, saying what a stale pid file names, if one was left behind."""
+    path = pid_path(settings)
+    if not path.exists():
+        return "mailrouter is not running"
+    pid = read_pid(path)
+    if pid is None:
+        return f"mailrouter is not running (stale pid file {path} holds no pid)"
+    return f"mailrouter is not running (stale pid file {path}: pid {pid} does not hold the lock)"
+
+
+def ensure_not_running(settings: Settings) -> None:
+    """Raise if a mailrouter holds the server lock (a stale pid file is no reason to refuse)."""
+    holder = lock_holder(settings)
+    if holder is not None:
+        raise _already_running(settings, holder)
+
+
+@contextlib.contextmanager
+def server_lock(settings: Settings) -> Iterator[None]:
+    """Hold the server lock for the life of the block; raise if another mailrouter holds it.
+
+    The descriptor is close-on-exec, so programs a handler runs do not inherit the lock; forked
+    workers do share the ``flock``, which is right: while one lives, a mailrouter runs.
+    """
+    path = lock_path(settings)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise MailRouterError(f"cannot open lock file {path}: {exc.strerror}") from None
+    try:
+        deadline = time.monotonic() + _PROBE_GRACE
+        while not _try_lock(fd):
+            pid = _posix_holder(fd)
+            if pid is not None or time.monotonic() >= deadline:  # a server, not a probe
+                raise _already_running(settings, Holder(pid or None))
+            time.sleep(_POLL / 5)
+        yield
+    finally:
+        os.close(fd)  # never LOCK_UN: that would unlock the workers' shared flock too
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the flock, then the POSIX lock that names this process; False if either is held."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):  # EAGAIN, or EACCES for a POSIX lock
+        return False
+    return True
 
 
 def read_address(settings: Settings) -> str:
@@ -78,16 +204,6 @@ def read_address(settings: Settings) -> str:
     with contextlib.suppress(OSError):
         return address_path(settings).read_text(encoding="utf-8").strip() or "?"
     return "?"
-
-
-def ensure_not_running(settings: Settings) -> None:
-    """Raise if the pid file names a live process; remove a stale pid file."""
-    pid = running_pid(settings)
-    if pid is not None:
-        raise MailRouterError(f"mailrouter is already running (pid {pid})")
-    if pid_path(settings).exists():
-        log.info("removing stale pid file %s", pid_path(settings))
-        remove_pid_file(settings, pid=None)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -125,12 +241,20 @@ def remove_pid_file(settings: Settings, pid: int | None) -> None:
 
 @contextlib.contextmanager
 def pid_file(settings: Settings) -> Iterator[Ready]:
-    """Yield the ``on_ready`` callback that writes the pid file; remove it again on exit."""
-    try:
-        yield lambda address: write_pid_file(settings, address)
-    finally:
-        with contextlib.suppress(OSError):
-            remove_pid_file(settings, os.getpid())
+    """Take the server lock and yield the ``on_ready`` callback that writes the pid file.
+
+    A pid file found under the lock is stale (no server held it) and is removed at once; on
+    exit this process's pid file is removed, then the lock released.
+    """
+    with server_lock(settings):
+        if pid_path(settings).exists():
+            log.info("removing stale pid file %s", pid_path(settings))
+            remove_pid_file(settings, pid=None)
+        try:
+            yield lambda address: write_pid_file(settings, address)
+        finally:
+            with contextlib.suppress(OSError):
+                remove_pid_file(settings, os.getpid())
 
 
 def detach(settings: Settings, start: Callable[[Ready], None]) -> str:
@@ -139,6 +263,8 @@ def detach(settings: Settings, start: Callable[[Ready], None]) -> str:
     Double fork and ``setsid`` so the daemon has no controlling terminal; it runs in the project
     folder with umask 022 and stdio on /dev/null. A pipe carries ``ready ADDRESS`` or
     ``error MESSAGE`` back; a daemon that dies silently, or never answers, is an error too.
+    The daemon takes the server lock before anything else, and that decides between two starts;
+    the check here only answers early.
     """
     ensure_not_running(settings)
     sys.stdout.flush()
@@ -229,38 +355,75 @@ def _daemon_main(settings: Settings, start: Callable[[Ready], None], pipe: int) 
 def stop(settings: Settings, timeout: float, force: bool) -> int:
     """Stop the running server: SIGTERM, wait up to ``timeout`` seconds, SIGKILL if ``force``.
 
-    Returns the pid that was stopped; raises if no server is running or it would not stop.
+    Only the process the kernel names as the holder of the server lock is signalled, through a
+    pidfd opened before the holder is checked again, so a pid reused meanwhile is never hit; the
+    SIGKILL only if it still holds the lock. Returns its pid; raises if no server is running
+    (a stale pid file is left alone) or it would not stop.
     """
-    pid = running_pid(settings)
-    if pid is None:
-        remove_pid_file(settings, pid=None)
-        raise MailRouterError("mailrouter is not running")
-    _signal(pid, signal.SIGTERM)
-    if not _wait_for_exit(pid, timeout):
-        if not force:
-            raise MailRouterError(
-                f"mailrouter (pid {pid}) is still running after {timeout:g}s; "
-                "use --force to kill it"
-            )
-        log.warning("mailrouter (pid %d) did not stop in %gs; killing it", pid, timeout)
-        _signal(pid, signal.SIGKILL)
-        if not _wait_for_exit(pid, 10.0):
-            raise MailRouterError(f"mailrouter (pid {pid}) survived SIGKILL")
-    remove_pid_file(settings, pid)
+    holder = lock_holder(settings)
+    if holder is None:
+        raise MailRouterError(not_running(settings))
+    if holder.pid is None:
+        raise MailRouterError(
+            f"mailrouter is running, but the process holding {lock_path(settings)} cannot be "
+            "identified; not signalling anything"
+        )
+    pid = holder.pid
+    with _process(pid) as handle:
+        if running_pid(settings) != pid:
+            raise MailRouterError("mailrouter is not running")  # it exited meanwhile
+        _signal(handle, pid, signal.SIGTERM)
+        if not _wait_for_exit(handle, pid, timeout):
+            if not force:
+                raise MailRouterError(
+                    f"mailrouter (pid {pid}) is still running after {timeout:g}s; "
+                    "use --force to kill it"
+                )
+            if running_pid(settings) != pid:
+                raise MailRouterError(
+                    f"pid {pid} is still running after {timeout:g}s but no longer holds the "
+                    "server lock; not killing it"
+                )
+            log.warning("mailrouter (pid %d) did not stop in %gs; killing it", pid, timeout)
+            _signal(handle, pid, signal.SIGKILL)
+            if not _wait_for_exit(handle, pid, 10.0):
+                raise MailRouterError(f"mailrouter (pid {pid}) survived SIGKILL")
+    remove_pid_file(settings, pid)  # left behind by a SIGKILL
     return pid
 
 
-def _signal(pid: int, signum: signal.Signals) -> None:
+@contextlib.contextmanager
+def _process(pid: int) -> Iterator[int | None]:
+    """A pidfd for ``pid`` (None where the kernel has none: then the pid itself is used)."""
     try:
-        os.kill(pid, signum)
+        handle: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise MailRouterError("mailrouter is not running") from None
+    except OSError:
+        handle = None
+    try:
+        yield handle
+    finally:
+        if handle is not None:
+            os.close(handle)
+
+
+def _signal(handle: int | None, pid: int, signum: signal.Signals) -> None:
+    try:
+        if handle is None:
+            os.kill(pid, signum)
+        else:
+            signal.pidfd_send_signal(handle, signum)
     except ProcessLookupError:
         pass
     except PermissionError:
         raise MailRouterError(f"not permitted to signal mailrouter (pid {pid})") from None
 
 
-def _wait_for_exit(pid: int, timeout: float) -> bool:
-    """Poll until ``pid`` is gone or ``timeout`` seconds have passed; whether it is gone."""
+def _wait_for_exit(handle: int | None, pid: int, timeout: float) -> bool:
+    """Wait until the process is gone or ``timeout`` seconds have passed; whether it is gone."""
+    if handle is not None:  # a pidfd turns readable when its process exits
+        return bool(select.select([handle], [], [], timeout)[0])
     deadline = time.monotonic() + timeout
     while pid_alive(pid):
         if time.monotonic() >= deadline:
@@ -314,7 +477,7 @@ def _switch_user(settings: Settings) -> None:
 
 def _runtime_paths(settings: Settings) -> list[Path]:
     """The files and folders a running server writes to."""
-    paths = [pid_path(settings).parent]
+    paths = [pid_path(settings).parent, lock_path(settings)]
     for queue in (settings.undeliverable, settings.outbox, settings.failed):
         folder = settings.path(queue)
         paths += [folder, *(folder / name for name in ("tmp", "new", "cur"))]

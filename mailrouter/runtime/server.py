@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PURGE_INTERVAL = 3600.0  # seconds between journal retention passes
+HANDLER_THREADS = "mailrouter-handler"  # the name prefix of the executor's threads
 RELOAD_TIMEOUT = 60.0  # seconds the handler modules may take to import on SIGHUP
 
 
@@ -53,7 +55,7 @@ def build_router(settings: Settings, *, readonly: bool = False) -> Router:
             undeliverable=Queue(settings.path(settings.undeliverable)),
             defaults=settings.defaults,
             lock_scope=settings.lock_scope,
-            executor=ThreadPoolExecutor(settings.executor_threads, "mailrouter-handler"),
+            executor=ThreadPoolExecutor(settings.executor_threads, HANDLER_THREADS),
         )
         router.load(handler_modules(settings))
     except BaseException:
@@ -333,6 +335,21 @@ def run_in_process(settings: Settings, on_ready: Callable[[str], None] | None = 
     """``serve`` on the configured event loop: uvloop's when it is installed, unless disabled."""
     with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
         runner.run(serve(settings, on_ready=on_ready))
+
+
+def leave_hung_handlers(status: int = 0) -> None:
+    """End the process now if handler threads still run after the drain (they hung past
+    ``drain_timeout``), instead of letting the interpreter wait for them at exit. What they
+    were doing was never acknowledged (direct mode) or is still in the spool."""
+    deadline = time.monotonic() + 1.0  # idle threads, told to stop, go within moments
+    for thread in threading.enumerate():
+        if thread.name.startswith(HANDLER_THREADS):
+            thread.join(max(0.0, deadline - time.monotonic()))
+    hung = [t for t in threading.enumerate() if t.name.startswith(HANDLER_THREADS)]
+    if hung:
+        log.warning("exiting with %d handler threads still running", len(hung))
+        logging.shutdown()
+        os._exit(status)
 
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
