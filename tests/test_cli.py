@@ -30,7 +30,7 @@ from mailrouter.config import FIELDS, Settings, load_settings
 from mailrouter.message import MailRequest
 from mailrouter.outbound.outbox import Attempt, Outbox, RetryPolicy, Schedule
 from mailrouter.queue import Queue
-from mailrouter.runtime import daemon
+from mailrouter.runtime import pidlock
 from mailrouter.state import ShelveStorage
 
 APP = """
@@ -392,7 +392,7 @@ def test_queue_replay_shows_progress_for_many(project: Path) -> None:
 def test_queue_replay_while_the_server_runs_says_to_stop_it(project: Path) -> None:
     settings = settings_of(project)
     queue_of(project).push(mail(recipients=["hello@localhost"]))
-    with daemon.pid_file(settings), ShelveStorage(settings.path("run/state.db")):
+    with pidlock.pid_file(settings), ShelveStorage(settings.path("run/state.db")):
         result = invoke("queue", "replay", "--config", config(project))
     assert_one_line_error(result, "in use", "stop the server first")
     assert len(queue_of(project)) == 1

@@ -23,7 +23,7 @@ from helpers import READY, Project, environment, wait_for
 
 from mailrouter.config import Settings
 from mailrouter.errors import MailRouterError
-from mailrouter.runtime import daemon
+from mailrouter.runtime import daemon, pidlock
 
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -41,7 +41,7 @@ def smtp_send(port: int, rcpt: str) -> dict[str, tuple[int, bytes]]:
 
 def test_start_status_send_stop(project: Project) -> None:
     port, pid = project.start()
-    assert daemon.pid_alive(pid)
+    assert pidlock.pid_alive(pid)
     assert project.pid_file.read_text() == f"{pid}\n"
 
     status = project.run("status")
@@ -58,7 +58,7 @@ def test_start_status_send_stop(project: Project) -> None:
     stopped = project.run("stop")
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout == f"mailrouter stopped (pid {pid})\n"
-    assert not daemon.pid_alive(pid)
+    assert not pidlock.pid_alive(pid)
     assert not project.pid_file.exists()
     assert not Path(f"{project.pid_file}.address").exists()
 
@@ -167,7 +167,7 @@ def test_foreground_exits_0_on_sigterm(project: Project) -> None:
 HOLDER = """
 import signal, sys, time
 from mailrouter.config import load_settings
-from mailrouter.runtime import daemon
+from mailrouter.runtime import daemon, pidlock
 
 class Release(Exception):
     pass
@@ -178,7 +178,7 @@ def release(signum, frame):
 mode = sys.argv[2]
 signal.signal(signal.SIGTERM, release if mode == "release" else signal.SIG_IGN)
 try:
-    with daemon.pid_file(load_settings(sys.argv[1])) as ready:
+    with pidlock.pid_file(load_settings(sys.argv[1])) as ready:
         if mode != "starting":
             ready("127.0.0.1:1")
         print("locked", flush=True)
@@ -260,7 +260,7 @@ def test_a_pid_file_naming_a_live_stranger_is_stale(project: Project) -> None:
         assert status.stdout == f"mailrouter running on 127.0.0.1:{port} (pid {pid})\n"
         stopped = project.run("stop")
         assert stopped.stdout == f"mailrouter stopped (pid {pid})\n", stopped.stderr
-        assert not daemon.pid_alive(pid) and not project.pid_file.exists()
+        assert not pidlock.pid_alive(pid) and not project.pid_file.exists()
         assert sleeper.poll() is None  # by now, a signal sent to it would have been delivered
 
 
@@ -293,7 +293,7 @@ def test_pid_1_of_a_container_starts_again_after_kill_9(project: Project) -> Non
         assert server.stdout is not None
         match = READY.fullmatch(server.stdout.readline().strip())
         assert match and match.group(3) == "1", match
-        holder = daemon.lock_holder(project.settings)  # the kernel names it with our pid
+        holder = pidlock.lock_holder(project.settings)  # the kernel names it with our pid
         assert holder is not None and holder.pid is not None and holder.pid != 1
         return int(match.group(2)), holder.pid
 
@@ -314,7 +314,7 @@ def test_pid_1_of_a_container_starts_again_after_kill_9(project: Project) -> Non
         assert servers[1].wait(timeout=30) == 0
         assert not project.pid_file.exists()
     finally:
-        holder = daemon.lock_holder(project.settings)
+        holder = pidlock.lock_holder(project.settings)
         if holder is not None and holder.pid is not None:
             os.kill(holder.pid, signal.SIGKILL)
         for server in servers:
@@ -325,7 +325,7 @@ def test_pid_1_of_a_container_starts_again_after_kill_9(project: Project) -> Non
 def test_start_again_after_kill_9(project: Project) -> None:
     _, pid = project.start()
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not daemon.pid_alive(pid))
+    wait_for(lambda: not pidlock.pid_alive(pid))
     assert project.pid_file.read_text() == f"{pid}\n"  # left behind, and its lock dropped
     status = project.run("status")
     assert status.returncode == 1 and "stale pid file" in status.stdout
@@ -389,7 +389,7 @@ def test_workers_left_by_a_killed_supervisor_still_count(
     assert len(workers) == 2
     try:
         os.kill(supervisor, signal.SIGKILL)
-        wait_for(lambda: not daemon.pid_alive(supervisor))
+        wait_for(lambda: not pidlock.pid_alive(supervisor))
         status = project.run("status")
         assert status.returncode == 0
         assert status.stdout.startswith("mailrouter is running, but the process holding ")
@@ -398,12 +398,12 @@ def test_workers_left_by_a_killed_supervisor_still_count(
         assert refused.returncode == 1 and "is locked by a process" in refused.stderr
         stop = project.run("stop", "--force", "--timeout", "0")
         assert stop.returncode == 1 and "not signalling anything" in stop.stderr
-        assert all(daemon.pid_alive(worker) for worker in workers)
+        assert all(pidlock.pid_alive(worker) for worker in workers)
     finally:
         for worker in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker, signal.SIGKILL)
-    wait_for(lambda: not any(daemon.pid_alive(worker) for worker in workers))
+    wait_for(lambda: not any(pidlock.pid_alive(worker) for worker in workers))
     project.start()
     assert project.run("stop").returncode == 0
 
@@ -434,35 +434,35 @@ def test_python_dash_m_mailrouter_cli_works_too() -> None:
 
 def test_read_pid_and_pid_alive(tmp_path: Path) -> None:
     path = tmp_path / "x.pid"
-    assert daemon.read_pid(path) is None
+    assert pidlock.read_pid(path) is None
     path.write_text("garbage\n")
-    assert daemon.read_pid(path) is None
+    assert pidlock.read_pid(path) is None
     path.write_text(f"{os.getpid()}\n")
-    assert daemon.read_pid(path) == os.getpid()
-    assert daemon.pid_alive(os.getpid())
+    assert pidlock.read_pid(path) == os.getpid()
+    assert pidlock.pid_alive(os.getpid())
     with subprocess.Popen([sys.executable, "-c", "pass"]) as child:
         # Exited but not yet reaped: a zombie is not alive.
-        wait_for(lambda: not daemon.pid_alive(child.pid))
-    assert not daemon.pid_alive(child.pid)
+        wait_for(lambda: not pidlock.pid_alive(child.pid))
+    assert not pidlock.pid_alive(child.pid)
 
 
 def test_pid_file_is_written_atomically_and_removed_only_by_its_owner(tmp_path: Path) -> None:
     settings = Settings(config_dir=str(tmp_path / "config"))
-    assert daemon.lock_holder(settings) is None
-    with daemon.pid_file(settings) as ready:
+    assert pidlock.lock_holder(settings) is None
+    with pidlock.pid_file(settings) as ready:
         ready("127.0.0.1:25")
-        assert daemon.read_pid(daemon.pid_path(settings)) == os.getpid()
-        assert daemon.read_address(settings) == "127.0.0.1:25"
+        assert pidlock.read_pid(pidlock.pid_path(settings)) == os.getpid()
+        assert pidlock.read_address(settings) == "127.0.0.1:25"
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
             "mailrouter.pid",
             "mailrouter.pid.address",
             "mailrouter.pid.lock",
         ]
-        daemon.pid_path(settings).write_text("1\n")  # someone else's, now: left alone
-    assert daemon.read_pid(daemon.pid_path(settings)) == 1
+        pidlock.pid_path(settings).write_text("1\n")  # someone else's, now: left alone
+    assert pidlock.read_pid(pidlock.pid_path(settings)) == 1
     # Under the lock, a pid file found is stale: removed at once.
-    with daemon.pid_file(settings):
-        assert not daemon.pid_path(settings).exists()
+    with pidlock.pid_file(settings):
+        assert not pidlock.pid_path(settings).exists()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["mailrouter.pid.lock"]
 
 
@@ -471,12 +471,12 @@ def test_the_lock_is_taken_once_and_dropped_on_exit(tmp_path: Path) -> None:
     # In this process the holder cannot be named (its own POSIX lock does not conflict with
     # it), but the flock says it is held all the same.
     taken = r"already running: .* cannot be identified"
-    held = daemon.server_lock(settings)
-    with held, pytest.raises(MailRouterError, match=taken), daemon.server_lock(settings):
+    held = pidlock.server_lock(settings)
+    with held, pytest.raises(MailRouterError, match=taken), pidlock.server_lock(settings):
         pass
-    with daemon.server_lock(settings):
+    with pidlock.server_lock(settings):
         pass
-    assert daemon.lock_holder(settings) is None
+    assert pidlock.lock_holder(settings) is None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")

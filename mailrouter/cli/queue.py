@@ -31,7 +31,7 @@ from mailrouter.message import MailRequest
 from mailrouter.outbound.outbox import replies_of, schedule_of
 from mailrouter.queue import Queue, QueueEntry
 from mailrouter.routing.router import Router
-from mailrouter.runtime import daemon
+from mailrouter.runtime import pidlock
 
 # Replays of more messages than this show a progress bar.
 PROGRESS_THRESHOLD = 20
@@ -251,7 +251,7 @@ def queue_replay(config: str) -> None:
         try:
             router = stack.enter_context(open_router(settings, readonly=False))
         except StoreError as exc:
-            if daemon.lock_holder(settings) is not None:
+            if pidlock.lock_holder(settings) is not None:
                 raise MailRouterError(f"{exc}: stop the server first (mailrouter stop)") from None
             raise
         router.undeliverable = None  # the result itself says whether a message is handled now

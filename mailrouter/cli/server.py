@@ -17,7 +17,7 @@ from mailrouter.cli.common import (
     setting_help,
 )
 from mailrouter.config import ENV_PREFIX, Settings
-from mailrouter.runtime import daemon
+from mailrouter.runtime import daemon, pidlock
 
 _TYPES = get_type_hints(Settings)
 
@@ -63,7 +63,7 @@ def start(config: str, foreground: bool, **overrides: Any) -> None:
 
     if foreground:
         configure_logging(settings, to_file=False)
-        with daemon.pid_file(settings) as write_pid:  # the lock decides, before anything binds
+        with pidlock.pid_file(settings) as write_pid:  # the lock decides, before anything binds
 
             def on_ready(address: str) -> None:
                 write_pid(address)
@@ -78,7 +78,7 @@ def start(config: str, foreground: bool, **overrides: Any) -> None:
         run(settings, on_ready=on_ready)
 
     address = daemon.detach(settings, serve_detached)
-    pid = daemon.read_pid(daemon.pid_path(settings))
+    pid = pidlock.read_pid(pidlock.pid_path(settings))
     click.echo(f"mailrouter running on {address} (pid {pid})")
 
 
@@ -114,17 +114,17 @@ def status(ctx: click.Context, config: str) -> None:
     Only a server that holds the lock counts: a pid file naming any other process is stale.
     """
     settings = project_settings(config)
-    holder = daemon.lock_holder(settings)
+    holder = pidlock.lock_holder(settings)
     if holder is None:
-        click.echo(daemon.not_running(settings))
+        click.echo(pidlock.not_running(settings))
         ctx.exit(1)
-    recorded = daemon.read_pid(daemon.pid_path(settings))
+    recorded = pidlock.read_pid(pidlock.pid_path(settings))
     if holder.pid is None:
         click.echo(
-            f"mailrouter is running, but the process holding {daemon.lock_path(settings)} "
+            f"mailrouter is running, but the process holding {pidlock.lock_path(settings)} "
             f"cannot be identified (pid file: {recorded or 'none'})"
         )
     elif recorded is None:  # locked, and the pid file is written once the socket is bound
         click.echo(f"mailrouter is starting (pid {holder.pid})")
     else:  # the kernel's pid: the pid file's is the server's own, in its own pid namespace
-        click.echo(f"mailrouter running on {daemon.read_address(settings)} (pid {holder.pid})")
+        click.echo(f"mailrouter running on {pidlock.read_address(settings)} (pid {holder.pid})")
