@@ -714,7 +714,7 @@ async def test_starttls_then_silence_frees_the_connection_slot(
     ("rcpt", "reason"),
     [
         ("x-raise@example.com", "RuntimeError: handler bug"),
-        ("x-nonfunc@example.com", "returned 42, not a handler function"),
+        ("x-nonfunc@example.com", "returned 42, not a state function"),
     ],
     ids=["raises", "returns-a-non-function"],
 )
