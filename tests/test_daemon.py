@@ -522,6 +522,7 @@ def test_start_as_root_without_allow_root_is_refused(project: Project) -> None:
     result = project.run("start", "--port", "0", "--no-allow-root")
     assert result.returncode == 1
     assert result.stderr.startswith("Error: refusing to run as root")
+    assert "--user NAME" in result.stderr and "--allow-root" in result.stderr  # what to type
     assert not project.pid_file.exists()
 
 

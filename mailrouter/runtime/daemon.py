@@ -223,8 +223,9 @@ def drop_privileges(settings: Settings) -> None:
         _switch_user(settings)
     if os.geteuid() == 0 and not settings.allow_root:
         raise MailRouterError(
-            "refusing to run as root: set user (and group) to switch to after binding, "
-            "or allow_root = true"
+            "refusing to run as root: start with --user NAME (and --group) to switch to that"
+            " user after binding, or --allow-root to stay root (settings user, group,"
+            " allow_root)"
         )
 
 
