@@ -259,16 +259,17 @@ def _switch_user(settings: Settings) -> None:
 def _runtime_paths(settings: Settings) -> list[Path]:
     """The files and folders a running server writes to."""
     paths = [pid_path(settings).parent, lock_path(settings)]
-    for queue in (settings.undeliverable, settings.outbox, settings.failed):
+    for queue in (settings.undeliverable, settings.outbox, settings.failed, settings.spool):
         folder = settings.path(queue)
         paths += [folder, *(folder / name for name in ("tmp", "new", "cur"))]
     log_file = settings.path(settings.log_file)
     paths += [log_file.parent, log_file]
-    url = settings.state_store_url()
-    if url.startswith("shelve://"):
-        state = Path(url.removeprefix("shelve://"))
-        paths += [state.parent, state]
-        paths += [Path(f"{state}{suffix}") for suffix in ("-wal", "-shm", ".lock")]
+    for url in (settings.state_store_url(), settings.journal_store_url()):
+        scheme, _, where = url.partition("://")
+        if scheme in ("shelve", "sqlite") and where:  # the file, and SQLite's beside it
+            database = Path(where.partition("?")[0])
+            paths += [database.parent, database]
+            paths += [Path(f"{database}{suffix}") for suffix in ("-wal", "-shm", ".lock")]
     if settings.unix_socket:
         paths.append(settings.path(settings.unix_socket))
     return paths
