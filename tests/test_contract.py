@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from helpers import Sink, lmtp_send, running, sink_server, until, wait_for
-from test_stores import SERVERS, Proxy, require, unique
+from services import SERVERS, Proxy, require, unique
 
 from mailrouter.cli import main
 from mailrouter.journal import open_journal
