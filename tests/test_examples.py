@@ -18,8 +18,7 @@ from typing import Any
 
 import helpers
 import pytest
-from helpers import Received, Sink, serving, sink_server
-from test_daemon import Project
+from helpers import Project, Received, Sink, serving, sink_server
 
 from mailrouter import MailRequest, Reply, Router
 from mailrouter.config import FIELDS, Settings, load_settings
