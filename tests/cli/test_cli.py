@@ -864,3 +864,12 @@ def test_sink_keeps_every_message_and_prints_a_line(tmp_path: Path) -> None:
         assert process.wait(10) == 0
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_every_start_option_has_a_real_help_sentence() -> None:
+    from mailrouter.cli.common import CLI_SETTINGS, SETTING_HELP
+
+    assert [name for name in CLI_SETTINGS if name not in SETTING_HELP] == []
+    result = invoke("start", "--help")
+    assert "The relay_host setting." not in result.output
+    assert "Smarthost for outgoing mail" in result.output
