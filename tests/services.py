@@ -20,8 +20,8 @@ import redis
 WAIT = 10.0  # seconds to connect through the proxy
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SERVERS = {
-    "redis": os.environ.get("MAILROUTER_TEST_REDIS", "redis://127.0.0.1:6379/0"),
-    "postgres": os.environ.get("MAILROUTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1/test"),
+    "redis": os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "postgres": os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1/test"),
 }
 
 

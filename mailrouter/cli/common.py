@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import difflib
 import json
 import logging
 import logging.handlers
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -117,7 +119,35 @@ def project_settings(config: str, overrides: dict[str, Any] | None = None) -> Se
         raise MailRouterError(
             f"no config folder {config!r}: pass --config, or create a project with mailrouter gen"
         )
+    _warn_unknown_environment()
     return load_settings(folder, overrides)
+
+
+def _warn_unknown_environment() -> None:
+    """A ``MAILROUTER_*`` variable that is neither a setting nor an option's is a typo, most
+    likely: say so on stderr, with the closest name, instead of ignoring it."""
+    context = click.get_current_context(silent=True)
+    root = context.find_root().command if context is not None else None
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in FIELDS} | _option_variables(root)
+    for name in sorted(os.environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            click.echo(f"Warning: unknown environment variable {name}{hint}", err=True)
+
+
+def _option_variables(command: click.Command | None) -> set[str]:
+    """The environment variables the options of ``command`` and its subcommands read."""
+    if command is None:
+        return set()
+    found = {
+        name
+        for param in command.params
+        for name in ([param.envvar] if isinstance(param.envvar, str) else param.envvar or [])
+    }
+    for sub in getattr(command, "commands", {}).values():
+        found |= _option_variables(sub)
+    return found
 
 
 @contextlib.contextmanager

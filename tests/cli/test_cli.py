@@ -873,3 +873,17 @@ def test_every_start_option_has_a_real_help_sentence() -> None:
     result = invoke("start", "--help")
     assert "The relay_host setting." not in result.output
     assert "Smarthost for outgoing mail" in result.output
+
+
+def test_a_misspelt_environment_variable_is_named_with_the_closest_setting(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAILROUTER_RELAY_HOTS", "smtp.example.com")
+    result = invoke("status", "--config", config(project))
+    assert (
+        "Warning: unknown environment variable MAILROUTER_RELAY_HOTS"
+        " (did you mean MAILROUTER_RELAY_HOST?)" in result.stderr
+    )
+    monkeypatch.delenv("MAILROUTER_RELAY_HOTS")
+    monkeypatch.setenv("MAILROUTER_QUEUE_BOX", "outbox")  # an option's variable: known
+    assert "Warning" not in invoke("status", "--config", config(project)).stderr

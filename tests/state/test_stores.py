@@ -1,7 +1,7 @@
 """Tests for the shared state stores (sqlite, redis, postgres) against real local servers.
 
 The contract suite in test_state.py runs against them too, through ``temp_store``. Redis and
-PostgreSQL are expected on 127.0.0.1 (override with MAILROUTER_TEST_REDIS / _POSTGRES); when one
+PostgreSQL are expected on 127.0.0.1 (override with TEST_REDIS_URL / TEST_POSTGRES_URL); when one
 is missing its tests skip, or fail under ``CI=true``. Every test works on its own key prefix or
 table and removes it afterwards, and touches only its own connections.
 """
