@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import statistics
@@ -54,6 +55,8 @@ HOST = "127.0.0.1"  # the only target this tool ever connects to
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 SENDERS = 16  # distinct envelope senders; --senders
+RUN = os.urandom(6).hex().encode()  # with SEQUENCE: every message of every run is new
+SEQUENCE = itertools.count()
 
 
 @dataclass
@@ -108,7 +111,7 @@ async def connection(
         writer.write(b"DATA\r\n")
         await reply()
         # a header of its own: the same bytes from the same sender again would be a retry
-        writer.write(b"X-Bench: %d.%d\r\n" % (index, i) + data)
+        writer.write(b"X-Bench: %s.%d\r\n" % (RUN, next(SEQUENCE)) + data)
         await reply()
         latencies.append(time.perf_counter() - start)
     writer.write(b"QUIT\r\n")

@@ -1,9 +1,11 @@
 """A delivery's view of the journal: which recipients are done, and what became of each.
 
 The router asks the ledger which recipients an earlier delivery of the same message already
-finished (they are not run again) and tells it the moment a recipient's handlers finish, before
-the next recipient is routed; ``settle`` then records the others (queued, refused, deferred or
-pending) and the reply. Every journal call runs in the executor: the loop never waits on disk.
+finished (they are not run again: ``begin``, one read) and tells it the moment a recipient's
+handlers finish, before the next recipient is routed (``Journal.record``); ``settle`` then records
+the others (queued, refused, deferred or pending) and the reply, in one write
+(``Journal.finish``). A single-recipient message thus costs one read and one write. Every journal
+call runs in the executor: the loop never waits on disk.
 
 The one window left: a crash after a handler's side effect and before its record commits runs
 that handler again on the retry. For every recipient but the last that is one small write, well
@@ -33,39 +35,56 @@ class JournalLedger:
         self,
         journal: Journal,
         message: MailRequest,
+        arrival: Arrival,
+        number: int,
         done: Collection[str],
         executor: Executor | None,
     ) -> None:
         self.journal = journal
         self.message = message
+        self.arrival = arrival  # what the journal's writes create or update the entry from
+        self.number = number  # this reception's number
         self.executor = executor
         self._done = set(done)  # normalised addresses whose handlers finished
         self._recorded: set[str] = set()  # finished in this delivery
         self._last: tuple[str, Outcome] | None = None  # recorded by settle
+        self._written = False  # whether this reception wrote its entry yet
 
     @classmethod
     async def begin(
         cls, journal: Journal, message: MailRequest, helo: str, executor: Executor | None
     ) -> JournalLedger:
-        """Record a reception of ``message``; its ``attempt`` becomes this reception's number."""
+        """A reception of ``message``, looked up (nothing is written until a recipient's mark or
+        the reply); its ``attempt`` becomes this reception's number."""
         arrival = Arrival(
             message.sender, message.recipients, message.data, peer_text(message.peer), helo
         )
         attempt = await run_blocking(executor, journal.begin, arrival)
         message.attempt = attempt.number
-        return cls(journal, message, attempt.done, executor)
+        return cls(journal, message, arrival, attempt.number, attempt.done, executor)
 
     @classmethod
     async def resume(
         cls, journal: Journal, message: MailRequest, executor: Executor | None
     ) -> JournalLedger:
-        """The ledger of a message received before (spool mode): nothing new is recorded."""
+        """The ledger of a message received before (spool mode): its reception's number is
+        the entry's, so the writes change only the recipients' outcomes."""
         entry = await run_blocking(executor, journal.get, message.delivery_id)
-        if entry is None:  # spooled while the journal was off: record it now
+        if entry is None:  # spooled while the journal was off (or before the reply's write)
             return await cls.begin(journal, message, "", executor)
         message.attempt = entry.attempts
+        arrival = Arrival(
+            message.sender,
+            message.recipients,
+            message.data,
+            entry.peer,
+            entry.helo,
+            entry.last_attempt_at,
+        )
         done = [normalize_address(r.recipient) for r in entry.outcomes if r.done]
-        return cls(journal, message, done, executor)
+        ledger = cls(journal, message, arrival, entry.attempts, done, executor)
+        ledger._written = True  # at reception
+        return ledger
 
     def done(self, address: str) -> bool:
         """Whether the handlers for ``address`` (normalised) already finished."""
@@ -80,9 +99,17 @@ class JournalLedger:
         if last:
             self._last = (address, record)
             return
+        first = not self._written  # writes the entry; the next ones only their recipient's row
         await run_blocking(
-            self.executor, self.journal.record, self.message.delivery_id, address, record
+            self.executor,
+            self.journal.record,
+            self.arrival,
+            self.number,
+            address,
+            record,
+            first=first,
         )
+        self._written = True
 
     async def settle(
         self,
@@ -94,7 +121,8 @@ class JournalLedger:
         pending: bool = False,
         note: str = "",
     ) -> None:
-        """Record every recipient not recorded yet, from its reply, then the message's reply.
+        """Record every recipient not recorded yet, from its reply, and the message's reply:
+        one write (``reply=""``, routed from the spool: the reply stored at reception is kept).
 
         ``pending``: spool mode accepted the message, not yet routed. ``note`` is added to the
         reason of refused recipients (the delivery report sent about them).
@@ -106,13 +134,16 @@ class JournalLedger:
                 continue
             self._recorded.add(address)
             outcomes.append((answer.recipient, _outcome(answer, result, pending, note)))
-        await run_blocking(self.executor, self._settle, outcomes, reply, duration)
-
-    def _settle(self, outcomes: list[tuple[str, Outcome]], reply: str, duration: float) -> None:
-        for recipient, outcome in outcomes:
-            self.journal.record(self.message.delivery_id, recipient, outcome)
-        if reply:  # routed from the spool: the client's reply was recorded at reception
-            self.journal.finish(self.message.delivery_id, reply, duration)
+        await run_blocking(
+            self.executor,
+            self.journal.finish,
+            self.arrival,
+            self.number,
+            outcomes,
+            reply,
+            duration,
+            first=not self._written,
+        )
 
 
 def _outcome(answer: Reply, result: DeliveryResult | None, pending: bool, note: str) -> Outcome:

@@ -1,12 +1,17 @@
 """The journal: a durable record of every message received at DATA, and per-recipient done marks.
 
 One entry per delivery id (``delivery_id(sender, data)``: an MTA's retries of a message share
-it), created or updated by ``Journal.begin`` at each reception. It returns the recipients whose
-handlers already finished, so that a retry never runs them twice: the server records each
-recipient's ``Outcome`` (``Journal.record``) as soon as its handlers return, then the reply
-(``Journal.finish``). A mark protects the receptions that begin after it is recorded: two
-receptions of one message at the same moment (a client retrying while the first is still being
-delivered) both find the recipients not done yet.
+it). At each reception ``Journal.begin(arrival)`` only reads: this reception's number (the
+attempts recorded so far + 1) and the recipients whose handlers already finished, so that a
+retry never runs them twice. The writes carry the arrival and that number: the server records
+each recipient's ``Outcome`` (``Journal.record``) as soon as its handlers return, and the reply
+with the other recipients' outcomes (``Journal.finish``); the first write of a delivery creates
+the entry, or updates it for a newer reception. So an entry exists once something about the
+message was written (a recipient's mark, or its reply): a message whose process died before any
+write is journaled at its retry, as its first attempt. A mark protects the receptions that begin
+after it is recorded: two receptions of one message at the same moment (a client retrying while
+the first is still being delivered) both find the recipients not done yet, and may get the same
+number. A done mark is never replaced by an outcome that is not done.
 
 A recipient's status:
 

@@ -2,8 +2,9 @@
 
 Needs the ``mailrouter[postgres]`` extra (psycopg 3 and psycopg_pool). The tables (see
 ``journal.base``) are created on first use; every write is an upsert (``INSERT ... ON
-CONFLICT``), so instances sharing the database see each other's receptions and done marks, and
-``record`` is one round trip that commits on its own.
+CONFLICT``), so instances sharing the database see each other's receptions and done marks.
+``begin`` is one round trip (a SELECT, no transaction), so is a reception's later ``record``
+(one statement that commits on its own); its first write and ``finish`` are one transaction.
 
 URL options: ``table`` (``mailrouter_journal``; the recipients' table is ``<table>_recipients``),
 ``timeout`` (5 s to get a connection; also the default ``connect_timeout``), ``pool_size`` (4);

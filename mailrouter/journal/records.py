@@ -104,7 +104,8 @@ def iso(when: float | None) -> str | None:
 
 @dataclass(frozen=True)
 class Arrival:
-    """One reception of a message at DATA: what ``Journal.begin`` records.
+    """One reception of a message at DATA: what ``Journal.begin`` looks up, and what the
+    first of ``Journal.record`` or ``Journal.finish`` writes the entry from.
 
     ``data`` is the message as the client sent it (before any header this server adds), so
     that a retry hashes the same; ``peer`` is the client's address as text.
@@ -129,6 +130,20 @@ class Arrival:
     def delivery_id(self) -> str:
         """``delivery_id(sender, data)``, computed once."""
         return delivery_id(self.sender, self.data)
+
+    @cached_property
+    def header_summary(self) -> tuple[str, dict[str, str]]:
+        """``main_headers(data)``, computed once: the Message-ID and the main headers."""
+        return main_headers(self.data)
+
+    @cached_property
+    def named(self) -> dict[str, tuple[int, str]]:
+        """Each recipient, normalised, to its position and its spelling as first given, in RCPT
+        order (repeats dropped)."""
+        named: dict[str, tuple[int, str]] = {}
+        for rcpt in self.recipients:
+            named.setdefault(normalize_address(rcpt), (len(named), rcpt))
+        return named
 
 
 @dataclass(frozen=True)
@@ -191,7 +206,8 @@ class RecipientRecord:
 
 @dataclass(frozen=True)
 class Attempt:
-    """What ``Journal.begin`` returns: the id, this reception's number, and the done recipients.
+    """What ``Journal.begin`` returns: the id, this reception's number (the attempts recorded
+    so far + 1), and the done recipients.
 
     ``done`` maps each normalised address whose handlers finished (delivered or queued) to its
     record: those must not be run again. ``pending`` maps those already spooled (spool mode) and

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from test_journal import drop_tables
-from test_stores import SERVERS, require, unique
+from services import SERVERS, require, unique
+from test_journal import drop_tables, receive
 
 from mailrouter.cli import main
 from mailrouter.config import load_settings
@@ -75,39 +75,30 @@ def filled(project: Project) -> Iterator[tuple[Project, dict[str, str]]]:
     """Three messages: delivered (oldest), partial, deferred (newest)."""
     now = time.time()
     with project.journal() as journal:
-        done = journal.begin(
-            Arrival(
-                "alice@example.org", ["bob@example.com"], data("first", 1), received_at=now - 30
-            )
-        ).delivery_id
-        journal.record(
-            done, "bob@example.com", Outcome("delivered", "250 2.0.0 ok", ("app.START",))
+        first = Arrival(
+            "alice@example.org", ["bob@example.com"], data("first", 1), received_at=now - 30
         )
-        journal.finish(done, "250 2.0.0 ok", 0.012)
-        partial = journal.begin(
-            Arrival(
-                "ann@example.org",
-                ["bob@example.com", "nobody@example.com", "list@example.com"],
-                data("=?utf-8?q?h=C3=A9llo?=", 2),
-                peer="192.0.2.7:4100",
-                helo="mx.example.org",
-                received_at=now - 20,
-            )
-        ).delivery_id
-        journal.record(
-            partial, "bob@example.com", Outcome("delivered", "250 ok", ("app.A", "app.B"))
+        delivered = Outcome("delivered", "250 2.0.0 ok", ("app.START",))
+        journal.begin(first)
+        journal.finish(first, 1, [("bob@example.com", delivered)], "250 2.0.0 ok", 0.012)
+        second = Arrival(
+            "ann@example.org",
+            ["bob@example.com", "nobody@example.com", "list@example.com"],
+            data("=?utf-8?q?h=C3=A9llo?=", 2),
+            peer="192.0.2.7:4100",
+            helo="mx.example.org",
+            received_at=now - 20,
         )
-        journal.record(partial, "nobody@example.com", Outcome("refused", "550 5.1.1 No route"))
+        journal.begin(second)
         journal.record(
-            partial,
-            "list@example.com",
-            Outcome("queued", "250 queued", queue_key="K7", reason="no route"),
+            second, 1, "bob@example.com", Outcome("delivered", "250 ok", ("app.A", "app.B"))
         )
-        journal.finish(partial, "250 ok", 0.25)
-        deferred = journal.begin(
-            Arrival("<>", ["bob@example.com"], data("third", 3), received_at=now - 10)
-        ).delivery_id
-        journal.record(deferred, "bob@example.com", Outcome("deferred", "451 4.3.0 later"))
+        journal.record(second, 1, "nobody@example.com", Outcome("refused", "550 5.1.1 No route"))
+        queued = Outcome("queued", "250 queued", queue_key="K7", reason="no route")
+        journal.finish(second, 1, [("list@example.com", queued)], "250 ok", 0.25)
+        third = Arrival("<>", ["bob@example.com"], data("third", 3), received_at=now - 10)
+        journal.record(third, 1, "bob@example.com", Outcome("deferred", "451 4.3.0 later"))
+    done, partial, deferred = first.delivery_id, second.delivery_id, third.delivery_id
     yield project, {"delivered": done, "partial": partial, "deferred": deferred}
 
 
@@ -202,7 +193,7 @@ def test_show_of_an_unknown_or_ambiguous_id_is_one_line(project: Project) -> Non
         seen: set[str] = set()
         n = 0
         while (
-            first := journal.begin(Arrival("a@x.org", ["b@x.org"], data("x", n))).delivery_id[0]
+            first := receive(journal, Arrival("a@x.org", ["b@x.org"], data("x", n))).delivery_id[0]
         ) not in seen:
             seen.add(first)
             n += 1
@@ -214,13 +205,13 @@ def test_show_of_an_unknown_or_ambiguous_id_is_one_line(project: Project) -> Non
 def test_purge_defaults_to_the_retention_setting(project: Project) -> None:
     now = time.time()
     with project.journal() as journal:
-        old = journal.begin(Arrival("a@x.org", ["b@x.org"], data("old"), received_at=now - 5 * DAY))
-        journal.record(old.delivery_id, "b@x.org", Outcome("delivered"), at=now - 5 * DAY)
-        journal.finish(old.delivery_id, "250 ok", 0.1)  # a finish counts as activity, now
-        older = journal.begin(
-            Arrival("a@x.org", ["b@x.org"], data("older"), received_at=now - 9 * DAY)
+        old = Arrival("a@x.org", ["b@x.org"], data("old"), received_at=now - 5 * DAY)
+        journal.record(old, 1, "b@x.org", Outcome("delivered"), at=now - 5 * DAY)
+        journal.finish(old, 1, [], "250 ok", 0.1)  # a finish counts as activity, now
+        older = receive(
+            journal, Arrival("a@x.org", ["b@x.org"], data("older"), received_at=now - 9 * DAY)
         )
-        journal.begin(Arrival("a@x.org", ["b@x.org"], data("new"), received_at=now - DAY))
+        receive(journal, Arrival("a@x.org", ["b@x.org"], data("new"), received_at=now - DAY))
     result = project.run("purge")
     assert (result.exit_code, result.output) == (
         0,
@@ -263,7 +254,7 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
 def test_it_reads_while_a_server_writes(tmp_path: Path) -> None:
     project = Project(tmp_path, "sqlite://run/journal.db")
     with project.journal() as journal:
-        ident = journal.begin(Arrival("a@x.org", ["b@x.org"], data("busy"))).delivery_id
+        ident = receive(journal, Arrival("a@x.org", ["b@x.org"], data("busy"))).delivery_id
     database = tmp_path / "run" / "journal.db"
     with closing(sqlite3.connect(database, isolation_level=None)) as server:
         server.execute("BEGIN IMMEDIATE")  # a writer in the middle of a transaction
@@ -277,8 +268,9 @@ def test_it_reads_while_a_server_writes(tmp_path: Path) -> None:
 def test_client_text_cannot_reach_the_terminal_raw(project: Project) -> None:
     hostile = b"Subject: \x1b[2J\x1b]0;pwned\x07 hi\r\nTo: \xff\xfe\r\n\r\n"
     with project.journal() as journal:
-        ident = journal.begin(Arrival("e\x1b[31m@x.org", ["b\r\n@x.org"], hostile)).delivery_id
-        journal.record(ident, "b\r\n@x.org", Outcome("refused", "550 \x1b[0m no"))
+        arrived = Arrival("e\x1b[31m@x.org", ["b\r\n@x.org"], hostile)
+        ident = journal.begin(arrived).delivery_id
+        journal.record(arrived, 1, "b\r\n@x.org", Outcome("refused", "550 \x1b[0m no"))
     for args in (("list",), ("show", ident)):
         result = project.run(*args)
         assert result.exit_code == 0, result.output

@@ -1,6 +1,6 @@
 """The journal: its value objects, then one contract suite run against SQLite and PostgreSQL.
 
-PostgreSQL is the real server of test_stores (MAILROUTER_TEST_POSTGRES): its tests skip when it
+PostgreSQL is the real server of test_stores (TEST_POSTGRES_URL): its tests skip when it
 is down, or fail under ``CI=true``. Each test works on its own file or tables, dropped after.
 """
 
@@ -14,19 +14,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import psycopg
 import pytest
-from test_stores import SERVERS, Proxy, require, unique
+from services import SERVERS, Proxy, require, unique
 
 from mailrouter.errors import StoreError
 from mailrouter.journal import (
     AmbiguousIdError,
     Arrival,
+    Attempt,
     Journal,
     JournalError,
     Outcome,
@@ -56,6 +57,14 @@ def arrival(
     recipients: list[str], n: int = 0, sender: str = "alice@example.org", **extra: object
 ) -> Arrival:
     return Arrival(sender, recipients, message(n), **extra)  # type: ignore[arg-type]
+
+
+def receive(journal: Journal, arrived: Arrival, reply: str = "") -> Attempt:
+    """A reception as the server journals one whose recipients got no outcome yet: ``begin``,
+    then its one write (``reply=""``: none yet, as a delivery still under way)."""
+    attempt = journal.begin(arrived)
+    journal.finish(arrived, attempt.number, [], reply, 0.1)
+    return attempt
 
 
 def drop_tables(table: str) -> None:
@@ -227,7 +236,7 @@ def test_a_relative_sqlite_path_is_relative_to_the_current_folder(
 def test_an_unreachable_postgres_is_an_error_at_first_use_not_at_open() -> None:
     journal = open_journal("postgresql://postgres@127.0.0.1:1/test?timeout=0.5")
     assert journal is not None
-    with journal, pytest.raises(JournalError, match=r"127\.0\.0\.1:1.*cannot record a reception"):
+    with journal, pytest.raises(JournalError, match=r"127\.0\.0\.1:1.*cannot look up a reception"):
         journal.begin(arrival(["bob@example.com"]))
 
 
@@ -244,9 +253,9 @@ def test_begin_record_finish_get(journal: Journal) -> None:
     attempt = journal.begin(first)
     assert (attempt.delivery_id, attempt.number, dict(attempt.done)) == (first.delivery_id, 1, {})
     assert not attempt.retry
-    journal.record(attempt.delivery_id, "bob@example.com", Outcome("delivered", "250 ok", ("a.b",)))
-    journal.record(attempt.delivery_id, "CAROL@example.com", Outcome("refused", "550 no"))
-    journal.finish(attempt.delivery_id, "250 ok", 0.25)
+    assert journal.get(attempt.delivery_id) is None and journal.entries() == []  # only a read
+    journal.record(first, 1, "bob@example.com", Outcome("delivered", "250 ok", ("a.b",)))
+    journal.finish(first, 1, [("CAROL@example.com", Outcome("refused", "550 no"))], "250 ok", 0.25)
 
     entry = journal.get(attempt.delivery_id)
     assert entry is not None and journal.get(attempt.delivery_id[:5].upper()) == entry
@@ -294,48 +303,104 @@ def test_begin_record_finish_get(journal: Journal) -> None:
 
 
 def test_a_retry_gets_the_done_recipients(journal: Journal) -> None:
-    attempt = journal.begin(arrival(["a@x.org", "b@x.org", "c@x.org", "d@x.org"]))
+    first = arrival(["a@x.org", "b@x.org", "c@x.org", "d@x.org"], received_at=100.0)
+    attempt = journal.begin(first)
     ident = attempt.delivery_id
-    journal.record(ident, "a@x.org", Outcome("delivered", "250 ok", ("m.f", "m.g")))
+    journal.record(first, 1, "a@x.org", Outcome("delivered", "250 ok", ("m.f", "m.g")))
     journal.record(
-        ident, "b@x.org", Outcome("queued", "250 queued", queue_key="K1", reason="no route")
+        first, 1, "b@x.org", Outcome("queued", "250 queued", queue_key="K1", reason="no route")
     )
-    journal.record(ident, "c@x.org", Outcome("deferred", "451 later"))
-    journal.finish(ident, "451 later", 0.5)
+    journal.finish(first, 1, [("c@x.org", Outcome("deferred", "451 later"))], "451 later", 0.5)
     assert journal.get(ident).status == "deferred"  # type: ignore[union-attr]
 
-    again = journal.begin(arrival(["C@X.org", "e@x.org", "B@x.org"]))  # fewer, one new
+    second = arrival(["C@X.org", "e@x.org", "B@x.org"], peer="192.0.2.9:1", received_at=200.0)
+    again = journal.begin(second)  # fewer, one new
     assert (again.delivery_id, again.number, again.retry) == (ident, 2, True)
     assert set(again.done) == {"a@x.org", "b@x.org"} and dict(again.pending) == {}
     assert again.done["b@x.org"].outcome == Outcome("queued", "250 queued", (), "K1", "no route")
     assert again.is_done("A@X.ORG") and again.is_done("<b@x.org>") and not again.is_done("c@x.org")
     entry = journal.get(ident)
+    assert entry is not None and (entry.attempts, entry.reply) == (1, "451 later")  # only read
+
+    journal.record(second, 2, "c@x.org", Outcome("delivered", "250 ok"))  # the retry's first write
+    entry = journal.get(ident)
     assert entry is not None
     assert entry.recipients == ("a@x.org", "b@x.org", "c@x.org", "d@x.org", "e@x.org")
     assert (entry.attempts, entry.reply, entry.duration, entry.finished_at) == (2, "", None, None)
-    journal.record(ident, "c@x.org", Outcome("delivered", "250 ok"))
-    journal.record(ident, "e@x.org", Outcome("delivered", "250 ok"))
-    journal.record(ident, "d@x.org", Outcome("delivered", "250 ok"))
-    assert journal.get(ident).status == "queued"  # type: ignore[union-attr]
+    assert (entry.received_at, entry.last_attempt_at, entry.peer) == (100.0, 200.0, "192.0.2.9:1")
+    journal.finish(second, 2, [("e@x.org", Outcome("delivered", "250 ok"))], "250 ok", 0.2)
+    journal.record(second, 2, "d@x.org", Outcome("delivered", "250 ok"))  # same reception: kept
+    entry = journal.get(ident)
+    assert entry is not None and (entry.status, entry.attempts, entry.reply) == (
+        "queued",
+        2,
+        "250 ok",
+    )
     assert len(journal.begin(arrival(["c@x.org"])).done) == 5
 
 
+def test_the_first_write_of_a_reception_creates_or_updates_the_entry(journal: Journal) -> None:
+    first = arrival(["a@x.org", "b@x.org"], received_at=100.0)
+    assert journal.begin(first).number == 1
+    journal.record(first, 1, "b@x.org", Outcome("delivered"))  # no begin needed, nor a finish
+    entry = journal.get(first.delivery_id)
+    assert entry is not None and entry.recipients == ("a@x.org", "b@x.org")  # all named
+    assert (entry.attempts, entry.status, entry.finished_at) == (1, "received", None)
+
+    # A process that died before any write: its retry is the first attempt journaled.
+    lost = arrival(["a@x.org"], 1)
+    assert journal.begin(lost).number == 1 and journal.begin(lost).number == 1
+    journal.finish(lost, 1, [("a@x.org", Outcome("delivered"))], "250 ok", 0.1)
+    assert journal.get(lost.delivery_id).attempts == 1  # type: ignore[union-attr]
+
+    # A late write of an older reception changes neither the reply nor the reception fields.
+    newer = arrival(["a@x.org", "b@x.org"], peer="new", received_at=300.0)
+    assert journal.begin(newer).number == 2
+    journal.finish(newer, 2, [("a@x.org", Outcome("deferred", "451 later"))], "451 later", 0.2)
+    journal.finish(first, 1, [], "250 late", 0.3)
+    journal.finish(first, 1, [], "250 later", 0.3, first=False)
+    entry = journal.get(first.delivery_id)
+    assert entry is not None
+    assert (entry.attempts, entry.reply, entry.peer, entry.last_attempt_at) == (
+        2,
+        "451 later",
+        "new",
+        300.0,
+    )
+    # A reply of "" records outcomes only (spool routing): the reception's reply is kept.
+    journal.finish(newer, 2, [("a@x.org", Outcome("delivered"))], "", 0.0)
+    entry = journal.get(first.delivery_id)
+    assert entry is not None and (entry.status, entry.reply) == ("delivered", "451 later")
+    assert entry.duration == 0.2 and entry.finished_at is not None
+
+
+def test_a_done_mark_is_replaced_only_by_another(journal: Journal) -> None:
+    arrived = arrival(["a@x.org", "b@x.org"])
+    journal.record(arrived, 1, "a@x.org", Outcome("delivered", handlers=("m.f",)))
+    journal.record(arrived, 1, "b@x.org", Outcome("deferred", "451 later"))
+    late = [("a@x.org", Outcome("pending", "250 spooled")), ("b@x.org", Outcome("pending"))]
+    journal.finish(arrived, 1, late, "250 spooled", 0.1)  # a reception's note, after the spool
+    a, b = journal.get(arrived.delivery_id).outcomes  # type: ignore[union-attr]
+    assert (a.outcome, b.status) == (Outcome("delivered", handlers=("m.f",)), "pending")
+    journal.record(arrived, 1, "a@x.org", Outcome("queued", queue_key="K"))
+    assert journal.begin(arrived).done["a@x.org"].outcome == Outcome("queued", queue_key="K")
+
+
 def test_a_mark_for_a_recipient_not_named_yet_is_kept_last(journal: Journal) -> None:
-    ident = journal.begin(arrival(["a@x.org"])).delivery_id
-    journal.record(ident, "late@x.org", Outcome("pending", "250 spooled"))
-    retry = journal.begin(arrival(["z@x.org"]))
+    first = arrival(["a@x.org"])
+    journal.record(first, journal.begin(first).number, "late@x.org", Outcome("pending", "250 x"))
+    second = arrival(["z@x.org"])
+    retry = journal.begin(second)
     assert (dict(retry.done), list(retry.pending)) == ({}, ["late@x.org"])
-    assert retry.pending["late@x.org"].outcome == Outcome("pending", "250 spooled")
-    entry = journal.get(ident)
+    assert retry.pending["late@x.org"].outcome == Outcome("pending", "250 x")
+    journal.finish(second, retry.number, [], "250 ok", 0.1)
+    entry = journal.get(first.delivery_id)
     assert entry is not None and entry.recipients == ("a@x.org", "z@x.org", "late@x.org")
     assert entry.status == "pending"
 
 
 def test_unknown_entries(journal: Journal) -> None:
-    with pytest.raises(JournalError, match="no entry 'feed' to record in"):
-        journal.record("feed", "a@x.org", Outcome("delivered"))
-    with pytest.raises(JournalError, match="no entry 'feed' to finish"):
-        journal.finish("feed", "250 ok", 0.1)
+    assert journal.begin(arrival(["a@x.org"])) == Attempt(arrival(["a@x.org"]).delivery_id, 1)
     assert journal.get("feed") is None
     assert journal.get("") is None and journal.get("not hex!") is None
     assert journal.entries() == []
@@ -345,7 +410,7 @@ def test_an_ambiguous_prefix_is_an_error(journal: Journal) -> None:
     ids: dict[str, str] = {}
     n = 0
     while True:  # 17 ids always share a first digit
-        ident = journal.begin(arrival(["a@x.org"], n)).delivery_id
+        ident = receive(journal, arrival(["a@x.org"], n)).delivery_id
         if ident[0] in ids:
             break
         ids[ident[0]] = ident
@@ -356,15 +421,14 @@ def test_an_ambiguous_prefix_is_an_error(journal: Journal) -> None:
 
 
 def test_entries_filter_newest_first(journal: Journal) -> None:
-    def received(n: int, recipients: list[str], sender: str, at: float) -> str:
-        return journal.begin(arrival(recipients, n, sender, received_at=at)).delivery_id
-
-    old = received(1, ["a@x.org"], "joe@x.org", 100.0)
-    mid = received(2, ["a@x.org", "b@x.org"], "ann@x.org", 200.0)
-    new = received(3, ["b@x.org"], "<>", 300.0)
-    journal.record(old, "a@x.org", Outcome("delivered"))
-    journal.record(mid, "a@x.org", Outcome("delivered"))
-    journal.record(mid, "b@x.org", Outcome("refused", "550 no"))
+    old = arrival(["a@x.org"], 1, "joe@x.org", received_at=100.0)
+    mid = arrival(["a@x.org", "b@x.org"], 2, "ann@x.org", received_at=200.0)
+    new = arrival(["b@x.org"], 3, "<>", received_at=300.0)
+    journal.finish(old, 1, [("a@x.org", Outcome("delivered"))], "250 ok", 0.1)
+    journal.record(mid, 1, "a@x.org", Outcome("delivered"))
+    journal.record(mid, 1, "b@x.org", Outcome("refused", "550 no"))
+    receive(journal, new)
+    old, mid, new = old.delivery_id, mid.delivery_id, new.delivery_id  # type: ignore[assignment]
 
     def ids(**filters: object) -> list[str]:
         return [entry.id for entry in journal.entries(**filters)]  # type: ignore[arg-type]
@@ -387,28 +451,30 @@ def test_entries_filter_newest_first(journal: Journal) -> None:
 def test_purge_removes_what_was_idle_since(place: Place, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(journal_base, "PURGE_BATCH", 2)  # several batches
     with place.open() as journal:
-        stale = [
-            journal.begin(arrival(["a@x.org"], n, received_at=100.0)).delivery_id for n in range(5)
-        ]
-        retried = journal.begin(arrival(["a@x.org"], 10, received_at=100.0)).delivery_id
-        journal.begin(arrival(["a@x.org"], 10, received_at=500.0))
-        marked = journal.begin(arrival(["a@x.org"], 11, received_at=100.0)).delivery_id
-        journal.record(marked, "a@x.org", Outcome("delivered"), at=500.0)
-        fresh = journal.begin(arrival(["a@x.org"], 12, received_at=500.0)).delivery_id
-        for ident in stale[:2]:
-            journal.record(ident, "a@x.org", Outcome("delivered"), at=150.0)
+        stale = [receive(journal, arrival(["a@x.org"], n, received_at=100.0)) for n in range(5)]
+        retried = receive(journal, arrival(["a@x.org"], 10, received_at=100.0)).delivery_id
+        assert receive(journal, arrival(["a@x.org"], 10, received_at=500.0)).number == 2
+        marked = arrival(["a@x.org"], 11, received_at=100.0)
+        journal.record(marked, 1, "a@x.org", Outcome("delivered"), at=500.0)
+        fresh = receive(journal, arrival(["a@x.org"], 12, received_at=500.0)).delivery_id
+        for n in range(2):
+            journal.record(arrival(["a@x.org"], n), 1, "a@x.org", Outcome("delivered"), at=150.0)
+        finished = arrival(["a@x.org"], 13, received_at=100.0)
+        journal.finish(finished, 1, [], "250 ok", 0.1, at=150.0)
 
-        assert journal.purge(before=400.0) == 5
-        assert all(journal.get(ident) is None for ident in stale)
-        assert {entry.id for entry in journal.entries()} == {retried, marked, fresh}
+        assert journal.purge(before=400.0) == 6
+        assert all(journal.get(attempt.delivery_id) is None for attempt in stale)
+        kept = {retried, marked.delivery_id, fresh}
+        assert {entry.id for entry in journal.entries()} == kept
         assert journal.purge(before=400.0) == 0
         assert journal.purge(before=time.time()) == 3 and journal.entries() == []
 
 
 def test_texts_databases_cannot_hold_round_trip(journal: Journal) -> None:
     sender, rcpt = "j\udcf6rg@x.org", "nul\x00@x.org"
-    attempt = journal.begin(Arrival(sender, [rcpt], b"Subject: \xff\x00\r\n\r\n", helo="\udcff"))
-    journal.record(attempt.delivery_id, rcpt, Outcome("refused", "550 <nul\x00@x.org>"))
+    first = Arrival(sender, [rcpt], b"Subject: \xff\x00\r\n\r\n", helo="\udcff")
+    attempt = journal.begin(first)
+    journal.record(first, attempt.number, rcpt, Outcome("refused", "550 <nul\x00@x.org>"))
     again = journal.begin(Arrival(sender, [rcpt], b"Subject: \xff\x00\r\n\r\n"))
     assert again.number == 2
     entry = journal.get(attempt.delivery_id)
@@ -420,30 +486,36 @@ def test_texts_databases_cannot_hold_round_trip(journal: Journal) -> None:
 
 def test_two_journals_on_one_store_see_each_others_marks(place: Place) -> None:
     with place.open() as one, place.open() as two:
-        attempt = one.begin(arrival(["a@x.org", "b@x.org"]))
-        one.record(attempt.delivery_id, "a@x.org", Outcome("delivered", handlers=("m.f",)))
+        first = arrival(["a@x.org", "b@x.org"])
+        attempt = one.begin(first)
+        one.record(first, attempt.number, "a@x.org", Outcome("delivered", handlers=("m.f",)))
         retry = two.begin(arrival(["a@x.org", "b@x.org"]))
         assert (retry.number, set(retry.done)) == (2, {"a@x.org"})
-        two.record(attempt.delivery_id, "b@x.org", Outcome("queued", queue_key="K"))
-        assert one.get(attempt.delivery_id).status == "queued"  # type: ignore[union-attr]
+        two.finish(first, 2, [("b@x.org", Outcome("queued", queue_key="K"))], "250 ok", 0.1)
+        entry = one.get(attempt.delivery_id)
+        assert entry is not None and (entry.status, entry.attempts) == ("queued", 2)
+        assert set(one.begin(first).done) == {"a@x.org", "b@x.org"}
 
 
-def test_threads_begin_and_record_at_once(place: Place) -> None:
+def test_threads_begin_record_and_finish_at_once(place: Place) -> None:
     threads, each = 8, 25
     with place.open() as journal:
         start = threading.Barrier(threads)
-        numbers: list[int] = []
+        numbers: dict[int, list[int]] = {worker: [] for worker in range(threads)}
         failures: list[BaseException] = []
+        shared = arrival(["shared@x.org"], -1)
 
         def work(worker: int) -> None:
             try:
                 start.wait(WAIT)
                 for n in range(each):
-                    same = journal.begin(arrival(["shared@x.org"], -1))
-                    numbers.append(same.number)
-                    journal.record(same.delivery_id, f"w{worker}-{n}@x.org", Outcome("delivered"))
-                    own = journal.begin(arrival([f"r{n}@x.org"], worker * 1000 + n))
-                    journal.record(own.delivery_id, f"r{n}@x.org", Outcome("delivered"))
+                    same = journal.begin(shared)
+                    numbers[worker].append(same.number)
+                    mark = Outcome("delivered")
+                    journal.record(shared, same.number, f"w{worker}-{n}@x.org", mark)
+                    own = arrival([f"r{n}@x.org"], worker * 1000 + n)
+                    assert journal.begin(own).number == 1
+                    journal.finish(own, 1, [(f"r{n}@x.org", mark)], "250 ok", 0.1)
             except BaseException as exc:
                 failures.append(exc)
 
@@ -453,9 +525,12 @@ def test_threads_begin_and_record_at_once(place: Place) -> None:
         for thread in pool:
             thread.join(WAIT)
         assert failures == []
-        assert sorted(numbers) == list(range(1, threads * each + 1))  # each attempt counted once
-        shared = journal.get(delivery_id("alice@example.org", message(-1)))
-        assert shared is not None and len(shared.recipients) == 1 + threads * each
+        for seen in numbers.values():  # a thread's own write is seen by its next begin
+            assert seen == sorted(set(seen)) and seen[0] >= 1
+        entry = journal.get(shared.delivery_id)
+        assert entry is not None and entry.attempts == max(map(max, numbers.values()))
+        assert len(entry.recipients) == 1 + threads * each  # no mark lost
+        assert sum(record.done for record in entry.outcomes) == threads * each
         assert len(journal.entries(status="delivered", limit=None)) == threads * each
 
 
@@ -483,7 +558,7 @@ def test_concurrent_first_uses_create_the_tables_once(postgres: Place) -> None:
 
 def test_a_table_option_names_the_tables(postgres: Place) -> None:
     with postgres.open() as journal:
-        journal.begin(arrival(["a@x.org"]))
+        receive(journal, arrival(["a@x.org"]))
     with psycopg.connect(SERVERS["postgres"]) as conn:
         rows = conn.execute(
             "SELECT tablename FROM pg_tables WHERE tablename LIKE %s", (f"{postgres.table}%",)
@@ -497,8 +572,9 @@ CHILD = """
 import os, signal, sys
 from mailrouter.journal import Arrival, Outcome, open_journal
 journal = open_journal(sys.argv[1])
-attempt = journal.begin(Arrival("alice@example.org", ["a@x.org", "b@x.org"], b"Subject: x"))
-journal.record(attempt.delivery_id, "a@x.org", Outcome("delivered", handlers=("m.f",)))
+arrival = Arrival("alice@example.org", ["a@x.org", "b@x.org"], b"Subject: x")
+attempt = journal.begin(arrival)
+journal.record(arrival, attempt.number, "a@x.org", Outcome("delivered", handlers=("m.f",)))
 os.kill(os.getpid(), signal.SIGKILL)  # dies before b, before finish, before close
 """
 
@@ -516,15 +592,74 @@ def test_a_mark_survives_its_process_being_killed(place: Place) -> None:
 def test_a_locked_sqlite_file_is_an_error_then_works(tmp_path: Path) -> None:
     place = Place("sqlite", tmp_path)
     with place.open(busy_timeout=0.05) as journal:
-        ident = journal.begin(arrival(["a@x.org"])).delivery_id
+        first = arrival(["a@x.org", "b@x.org"])
+        journal.record(first, journal.begin(first).number, "a@x.org", Outcome("delivered"))
         with closing(sqlite3.connect(place.path, isolation_level=None)) as other:
             other.execute("BEGIN IMMEDIATE")  # another process writing, for too long
             with pytest.raises(JournalError, match="cannot record an outcome: database is locked"):
-                journal.record(ident, "a@x.org", Outcome("delivered"))
-            assert journal.get(ident) is not None  # readers are not held up (WAL)
+                journal.record(first, 1, "b@x.org", Outcome("delivered"))
+            with pytest.raises(JournalError, match="cannot record a reply: database is locked"):
+                journal.finish(first, 1, [], "250 ok", 0.1)
+            assert journal.get(first.delivery_id) is not None  # readers are not held up (WAL)
+            retry = journal.begin(first)  # nor is begin, which writes nothing
+            assert (retry.number, set(retry.done)) == (2, {"a@x.org"})
             other.execute("ROLLBACK")
-        journal.record(ident, "a@x.org", Outcome("delivered"))
-        assert journal.get(ident).status == "delivered"  # type: ignore[union-attr]
+        journal.finish(first, 2, [("b@x.org", Outcome("delivered"))], "250 ok", 0.1)
+        assert journal.get(first.delivery_id).status == "delivered"  # type: ignore[union-attr]
+
+
+def test_a_message_is_one_read_and_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statements SQLite runs (each row of an ``executemany`` is one execution)."""
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)  # type: ignore[call-overload]
+        conn.set_trace_callback(lambda sql: statements.append(" ".join(sql.split()[:2])))
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    with Place("sqlite", tmp_path).open() as journal:
+        journal.entries()  # the tables
+        one = arrival(["a@x.org"])
+
+        def run(call: Callable[[], object]) -> list[str]:
+            statements.clear()
+            call()
+            return list(statements)
+
+        into = ["INSERT INTO"]
+        assert run(lambda: journal.begin(one)) == ["SELECT j.attempts,"]  # no transaction
+        done = [("a@x.org", Outcome("delivered"))]
+        assert run(lambda: journal.finish(one, 1, done, "250 ok", 0.1)) == [
+            "BEGIN IMMEDIATE",
+            *into * 2,
+            "COMMIT",
+        ]
+        assert run(lambda: journal.begin(one)) == ["SELECT j.attempts,"]  # a retry too
+        three = arrival(["a@x.org", "b@x.org", "c@x.org"])
+        mark = Outcome("delivered")
+        assert run(lambda: journal.record(three, 1, "a@x.org", mark)) == [
+            "BEGIN IMMEDIATE",
+            *into * 4,  # the entry, then every recipient named, one with its outcome
+            "COMMIT",
+        ]
+        assert run(lambda: journal.record(three, 1, "b@x.org", mark, first=False)) == [
+            "BEGIN IMMEDIATE",
+            *into,
+            "COMMIT",
+        ]
+        last = [("c@x.org", mark)]
+        assert run(lambda: journal.finish(three, 1, last, "250 ok", 0.1, first=False)) == [
+            "BEGIN IMMEDIATE",
+            'UPDATE "mailrouter_journal"',
+            *into,
+            "COMMIT",
+        ]
+        assert journal.get(three.delivery_id).status == "delivered"  # type: ignore[union-attr]
+        assert run(lambda: journal.finish(three, 1, [], "", 0.0, first=False)) == []
 
 
 def test_a_closed_journal_refuses_calls(journal: Journal) -> None:
@@ -548,13 +683,14 @@ def test_postgres_down_is_a_journal_error_then_it_works_again(
     postgres: Place, proxy: Proxy
 ) -> None:
     with postgres.open(server=proxy.address, timeout=0.5) as journal:
-        ident = journal.begin(arrival(["a@x.org", "b@x.org"])).delivery_id
-        journal.record(ident, "a@x.org", Outcome("delivered"))
+        first = arrival(["a@x.org", "b@x.org"])
+        ident = first.delivery_id
+        journal.record(first, journal.begin(first).number, "a@x.org", Outcome("delivered"))
         proxy.stop()
         for call in (
-            lambda: journal.begin(arrival(["a@x.org", "b@x.org"])),
-            lambda: journal.record(ident, "b@x.org", Outcome("delivered")),
-            lambda: journal.finish(ident, "250 ok", 0.1),
+            lambda: journal.begin(first),
+            lambda: journal.record(first, 2, "b@x.org", Outcome("delivered")),
+            lambda: journal.finish(first, 2, [], "250 ok", 0.1),
             lambda: journal.entries(),
             lambda: journal.get(ident),
         ):
@@ -564,13 +700,13 @@ def test_postgres_down_is_a_journal_error_then_it_works_again(
         deadline = time.monotonic() + WAIT
         while True:  # the first calls may fail while the pool reconnects
             try:
-                retry = journal.begin(arrival(["a@x.org", "b@x.org"]))
+                retry = journal.begin(first)
                 break
             except JournalError:
                 assert time.monotonic() < deadline, "the journal did not reconnect"
                 time.sleep(0.05)
-        assert set(retry.done) == {"a@x.org"}
-        journal.record(ident, "b@x.org", Outcome("delivered"))
+        assert (retry.number, set(retry.done)) == (2, {"a@x.org"})
+        journal.finish(first, 2, [("b@x.org", Outcome("delivered"))], "250 ok", 0.1)
         assert journal.get(ident).status == "delivered"  # type: ignore[union-attr]
 
 
