@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from contextlib import closing, suppress
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, TypeVar, cast
 
 from mailrouter.journal.backend import Cursor, Dialect, JournalError, JournalURL
 from mailrouter.journal.base import Journal
+from mailrouter.state.sqlite import switch_to_wal
 
 T = TypeVar("T")
 
@@ -81,29 +81,13 @@ class SqliteDatabase:
                 self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
             )
             if writer:  # the file's mode, kept by the file: readers find it set
-                self._switch_to_wal(conn)
+                switch_to_wal(conn, self._busy_timeout)
                 conn.execute("PRAGMA synchronous = NORMAL")
         except (OSError, sqlite3.Error) as exc:
             if conn is not None:
                 conn.close()
             raise JournalError(f"cannot open journal {self.shown}: {exc}") from exc
         return conn
-
-    def _switch_to_wal(self, conn: sqlite3.Connection) -> None:
-        """WAL mode; retried, as switching fails at once while another process does it too."""
-        deadline = time.monotonic() + self._busy_timeout
-        while True:
-            try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            else:
-                if mode == "wal":
-                    return
-                if time.monotonic() > deadline:
-                    raise sqlite3.OperationalError(f"cannot switch from {mode} to WAL mode")
-            time.sleep(0.01)
 
     def run(self, what: str, work: Callable[[Cursor], T], *, write: bool, atomic: bool) -> T:
         """``work`` in a transaction (a read with ``atomic=False``: its one statement alone).

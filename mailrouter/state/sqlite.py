@@ -119,6 +119,25 @@ class _LockFile:
                 self._held.discard(slot)
 
 
+def switch_to_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the database in WAL mode, retried for up to ``timeout`` seconds: switching a new file
+    fails at once with "database is locked" (no busy handler) while another connection holds
+    it, as when several processes open it together."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        else:
+            if mode == "wal":
+                return
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(f"cannot switch from {mode} to WAL mode")
+        time.sleep(0.01)
+
+
 class SqliteStorage(SharedStore[tuple[_LockFile, int]]):
     """States in one SQLite file; cross-process locks on bytes of ``<db>.lock``."""
 
@@ -169,19 +188,7 @@ class SqliteStorage(SharedStore[tuple[_LockFile, int]]):
         Switching a new file to WAL fails at once with "database is locked" (no busy handler)
         while another connection holds it, as when several workers start together.
         """
-        deadline = time.monotonic() + self._busy_timeout
-        while True:
-            try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            else:
-                if mode == "wal":
-                    break
-                if time.monotonic() > deadline:
-                    raise sqlite3.OperationalError(f"cannot switch from {mode} to WAL mode")
-            time.sleep(0.01)
+        switch_to_wal(conn, self._busy_timeout)
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(_SCHEMA)
 
