@@ -45,8 +45,21 @@ def delivery_id(sender: str, data: bytes) -> str:
 
     32 hex digits of SHA-256 over the normalised sender and the SHA-256 of the bytes.
     """
+    return delivery_id_of_digest(sender, hashlib.sha256(data).digest())
+
+
+def delivery_id_of_digest(sender: str, digest: bytes) -> str:
+    """``delivery_id`` from the SHA-256 digest of the bytes, for a caller that has it already."""
     who = normalize_address(sender).encode("utf-8", "surrogatepass")
-    return hashlib.sha256(who + b"\0" + hashlib.sha256(data).digest()).hexdigest()[:32]
+    return hashlib.sha256(who + b"\0" + digest).hexdigest()[:32]
+
+
+def header_section(data: bytes) -> bytes:
+    """The message's header section: everything before the first empty line."""
+    if data.startswith((b"\r\n", b"\n")):
+        return b""
+    ends = [end for end in (data.find(b"\n\r\n"), data.find(b"\n\n")) if end >= 0]
+    return data[: min(ends) + 1] if ends else data
 
 
 class MailRequest:

@@ -18,7 +18,7 @@ from mailrouter.inbound.outcome import DeliveryRecord, Observer
 from mailrouter.inbound.spool import Spool
 from mailrouter.inbound.wire import HookListing
 from mailrouter.journal import Journal
-from mailrouter.message import MailRequest, normalize_address
+from mailrouter.message import MailRequest, header_section, normalize_address
 from mailrouter.outbound import sender
 from mailrouter.outbound.dsn import delivery_report
 from mailrouter.replies import Reply
@@ -28,14 +28,6 @@ from mailrouter.routing.router import Router
 log = logging.getLogger(__name__)
 
 _CONTROL = frozenset("\x00\r\n")
-
-
-def _header_section(data: bytes) -> bytes:
-    """The message's header section: everything before the first empty line."""
-    if data.startswith((b"\r\n", b"\n")):
-        return b""
-    ends = [end for end in (data.find(b"\n\r\n"), data.find(b"\n\n")) if end >= 0]
-    return data[: min(ends) + 1] if ends else data
 
 
 def _hops(header: bytes) -> int:
@@ -108,7 +100,7 @@ class Receiver(HookListing):
     ) -> tuple[str, DeliveryResult | None]:
         """Check the header, then route the message (or spool it) and record what became of
         it in the journal: the reply, and the router's result if it ran."""
-        header = _header_section(request.data)
+        header = header_section(request.data)
         if len(header) > self.settings.max_header_size:
             return self._reply(replies.HEADER_TOO_LARGE.to(request.recipients), message_id), None
         if _hops(header) > self.settings.max_received_headers:

@@ -18,7 +18,7 @@ from email.header import decode_header, make_header
 from functools import cached_property
 from typing import Any, Literal, get_args
 
-from mailrouter.message import delivery_id, normalize_address
+from mailrouter.message import delivery_id_of_digest, header_section, normalize_address
 
 RecipientStatus = Literal["delivered", "queued", "refused", "deferred", "pending"]
 MessageStatus = Literal[
@@ -79,13 +79,7 @@ _NAMES = {name.lower().encode(): name for name in (*MAIN_HEADERS, "Message-ID")}
 def main_headers(data: bytes) -> tuple[str, dict[str, str]]:
     """The Message-ID and the main headers (Subject, From, To, Date) present in ``data``: the
     first of each in the header section (a scan, not a parse: this runs for every message)."""
-    head = data[:_HEADER_SCAN]
-    if head.startswith((b"\r\n", b"\n")):
-        head = b""
-    for blank in (b"\n\r\n", b"\n\n"):
-        end = head.find(blank)
-        if end >= 0:
-            head = head[: end + 1]
+    head = header_section(data[:_HEADER_SCAN])
     found: dict[str, str] = {}
     for match in _FIELD.finditer(head):
         name = _NAMES[match.group(1).lower()]
@@ -128,8 +122,8 @@ class Arrival:
 
     @cached_property
     def delivery_id(self) -> str:
-        """``delivery_id(sender, data)``, computed once."""
-        return delivery_id(self.sender, self.data)
+        """``delivery_id(sender, data)``, from the digest above: the bytes are hashed once."""
+        return delivery_id_of_digest(self.sender, bytes.fromhex(self.sha256))
 
     @cached_property
     def header_summary(self) -> tuple[str, dict[str, str]]:

@@ -16,16 +16,8 @@ from collections.abc import Sequence
 from email.message import EmailMessage, Message
 from email.utils import formatdate, make_msgid
 
-from mailrouter.message import MailRequest
+from mailrouter.message import MailRequest, header_section
 from mailrouter.replies import Reply
-
-
-def _header_section(data: bytes) -> bytes:
-    for end in (b"\r\n\r\n", b"\n\n"):
-        index = data.find(end)
-        if index >= 0:
-            return data[: index + len(end)]
-    return data
 
 
 def _fields(pairs: Sequence[tuple[str, str]]) -> Message:
@@ -89,7 +81,7 @@ def delivery_report(
     report.attach(status)
     headers = EmailMessage()
     headers.set_content(
-        _header_section(message.data).decode("ascii", "replace"), subtype="rfc822-headers"
+        header_section(message.data).decode("ascii", "replace"), subtype="rfc822-headers"
     )
     del headers["MIME-Version"]
     report.attach(headers)
