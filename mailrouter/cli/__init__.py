@@ -1,4 +1,5 @@
-"""The ``mailrouter`` command: start, stop, status, routes, queue, send, sendmail, gen, sink.
+"""The ``mailrouter`` command: start, stop, status, reload, routes, state, queue, messages, send,
+sendmail, gen, sink.
 
 This is the only package that configures logging and turns exceptions into exit codes: every
 ``MailRouterError`` (and ``OSError``) becomes one ``Error: ...`` line and exit status 1. Each
@@ -12,7 +13,7 @@ from typing import Any
 import click
 
 from mailrouter import __version__
-from mailrouter.cli import gen, messages, queue, routes, send, server, sink
+from mailrouter.cli import gen, messages, queue, routes, send, server, sink, state
 from mailrouter.cli.common import describe_os_error
 from mailrouter.errors import MailRouterError
 
@@ -41,9 +42,11 @@ for _command in (
     server.start,
     server.stop,
     server.status,
+    server.reload,
     routes.routes,
     queue.queue,
     messages.messages,
+    state.state,
     send.send,
     send.sendmail,
     gen.gen,

@@ -2,14 +2,16 @@
 
 ``list``, ``show``, ``count``, ``remove`` and ``clear`` work on any of the three (``--box``);
 ``replay`` routes the undeliverable queue into the handlers again; ``retry`` makes one relay pass
-over the whole outbox now.
+over the whole outbox now. Both are done by the running server when one runs (its store, its
+relay and options), else by this process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
@@ -19,6 +21,7 @@ import click
 
 from mailrouter.cli.common import (
     F,
+    ask_server,
     config_option,
     configure_logging,
     open_router,
@@ -26,12 +29,11 @@ from mailrouter.cli.common import (
     table,
 )
 from mailrouter.config import ENV_PREFIX
-from mailrouter.errors import MailRouterError, StoreError
-from mailrouter.message import MailRequest
+from mailrouter.errors import MailRouterError
 from mailrouter.outbound.outbox import replies_of, schedule_of
 from mailrouter.queue import Queue, QueueEntry
-from mailrouter.routing.router import Router
-from mailrouter.runtime import pidlock
+from mailrouter.runtime.commands import Operations
+from mailrouter.runtime.control import NotListening
 
 # Replays of more messages than this show a progress bar.
 PROGRESS_THRESHOLD = 20
@@ -212,88 +214,62 @@ def queue_clear(config: str, box: BoxName, yes: bool) -> None:
 @queue.command("retry")
 @config_option
 def queue_retry(config: str) -> None:
-    """Try every outbox entry once now, due or not, through the configured relay."""
-    from mailrouter.outbound import (
-        sender as outgoing,  # aiosmtplib and dnspython: only for this command
-    )
-
+    """Try every outbox entry once now, due or not: by the running server, through its relay
+    (as it was started, options included), else through the configured one."""
     settings = project_settings(config)
-    relay = outgoing.from_settings(settings)
-    outbox = relay.outbox.queue
-    if outbox is None or not len(outbox):
+    try:
+        report = ask_server(settings, "queue.retry", timeout=None)
+    except NotListening:
+        if not len(Queue(settings.path(settings.outbox))):
+            click.echo(f"{LABELS['outbox']} is empty")
+            return
+        from mailrouter.outbound.sender import from_settings  # aiosmtplib, dnspython: only here
+
+        configure_logging(settings, to_file=True)
+        relay = from_settings(settings)
+        report = dataclasses.asdict(asyncio.run(relay.retry_once(ignore_schedule=True)))
+    if report["busy"]:
+        raise MailRouterError(
+            "another process is in the middle of a retry pass over "
+            f"{settings.path(settings.outbox)}: try again in a moment"
+        )
+    if not report["entries"]:
         click.echo(f"{LABELS['outbox']} is empty")
         return
-    configure_logging(settings, to_file=True)
-    report = asyncio.run(relay.retry_once(ignore_schedule=True))
-    if report.busy:
-        raise MailRouterError(
-            "another process (the running server?) is in the middle of a retry pass over "
-            f"{outbox.path}: try again in a moment"
-        )
     click.echo(
-        f"outbox entries tried: {report.entries}; recipients: {report.delivered} delivered, "
-        f"{report.deferred} deferred again, {report.failed} failed"
+        f"outbox entries tried: {report['entries']}; recipients: {report['delivered']} delivered,"
+        f" {report['deferred']} deferred again, {report['failed']} failed"
     )
 
 
 @queue.command("replay")
 @config_option
 def queue_replay(config: str) -> None:
-    """Deliver each queued message again; remove those handled now, keep the rest."""
+    """Deliver each queued message again; remove those handled now, keep the rest. Done by the
+    running server when one runs, else here."""
     settings = project_settings(config)
-    store = Queue(settings.path(settings.undeliverable))
-    keys = store.keys()
-    if not keys:
+    try:
+        report = ask_server(settings, "queue.replay", timeout=None)
+    except NotListening:
+        keys = Queue(settings.path(settings.undeliverable)).keys()
+        if not keys:
+            click.echo(f"{LABELS['undeliverable']} is empty")
+            return
+        configure_logging(settings, to_file=True)
+        with contextlib.ExitStack() as stack:
+            router = stack.enter_context(open_router(settings, readonly=False))
+            bar = stack.enter_context(
+                click.progressbar(
+                    length=len(keys), label="replaying", hidden=len(keys) <= PROGRESS_THRESHOLD
+                )
+            )
+            report = asyncio.run(Operations(settings, router).replay(lambda: bar.update(1)))
+    if not report["replayed"]:
         click.echo(f"{LABELS['undeliverable']} is empty")
         return
-    configure_logging(settings, to_file=True)
-    with contextlib.ExitStack() as stack:
-        try:
-            router = stack.enter_context(open_router(settings, readonly=False))
-        except StoreError as exc:
-            if pidlock.lock_holder(settings) is not None:
-                raise MailRouterError(f"{exc}: stop the server first (mailrouter stop)") from None
-            raise
-        router.undeliverable = None  # the result itself says whether a message is handled now
-        bar = stack.enter_context(
-            click.progressbar(
-                length=len(keys), label="replaying", hidden=len(keys) <= PROGRESS_THRESHOLD
-            )
-        )
-        kept = asyncio.run(_replay(router, store, keys, lambda: bar.update(1)))
-    for key, reason in kept:
+    for key, reason in report["kept"]:
         click.echo(f"kept {key}: {reason}")
-    done = len(keys) - len(kept)
-    click.echo(f"replayed {len(keys)} messages: {done} delivered, {len(kept)} still undeliverable")
-
-
-async def _replay(
-    router: Router, store: Queue, keys: Sequence[str], step: Callable[[], None]
-) -> list[tuple[str, str]]:
-    """Redeliver each entry; a partly handled one is re-queued for the rest. Returns the kept."""
-    kept: list[tuple[str, str]] = []
-    for key in keys:
-        step()
-        try:
-            entry = store.read(key)
-        except KeyError:
-            continue
-        except MailRouterError as exc:
-            kept.append((key, str(exc)))
-            continue
-        result = await router.deliver(entry.message)
-        failing = {
-            reply.recipient: result.reasons.get(reply.recipient, str(reply))
-            for reply in result.replies
-            if reply.code >= 300
-        }
-        if failing and len(failing) == len(set(entry.message.recipients)):
-            kept.append((key, "; ".join(dict.fromkeys(failing.values()))))
-            continue
-        if failing:  # re-queue only the recipients still failing
-            rest = MailRequest(entry.message.peer, entry.message.sender, list(failing), entry.data)
-            new_key = store.push(rest, failing)
-            kept.append((new_key, "; ".join(dict.fromkeys(failing.values()))))
-        with contextlib.suppress(KeyError):
-            store.remove(key)
-    return kept
+    click.echo(
+        f"replayed {report['replayed']} messages: {report['delivered']} delivered,"
+        f" {len(report['kept'])} still undeliverable"
+    )

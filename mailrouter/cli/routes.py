@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from mailrouter.cli.common import config_option, open_router, project_settings, table
+from mailrouter.message import MailRequest
+from mailrouter.routing.router import Match, Router
+from mailrouter.state import ERROR, read_reason
 
 
 @click.command()
@@ -27,10 +32,13 @@ def routes(ctx: click.Context, config: str, address: str | None, sender: str) ->
             click.echo(table(("PATTERN", "HANDLER", "FLAGS"), rows) if rows else "no routes")
             return
         plan = router.plan(address, sender)
-        matching = len(router.match(address))
+        matching = router.match(address)
+        stuck = [] if plan else _in_error(router, matching, address, sender)
     if not plan:
-        why = f" ({matching} matching, none in the sender's state)" if matching else ""
+        why = f" ({len(matching)} matching, none in the sender's state)" if matching else ""
         click.echo(f"no handler for {address}{why}")
+        for line in stuck:
+            click.echo(f"  {line}")
         ctx.exit(1)
     rows = [
         (
@@ -41,6 +49,25 @@ def routes(ctx: click.Context, config: str, address: str | None, sender: str) ->
         for found in plan
     ]
     click.echo(table(("HANDLER", "PATTERN", "CAPTURES"), rows))
+
+
+def _in_error(router: Router, matching: list[Match], address: str, sender: str) -> list[str]:
+    """A line for each matching state machine the sender is in ERROR in: why, and the cure."""
+    probe = MailRequest(None, sender, [address], b"")
+    keys = dict.fromkeys(
+        router.state_key(found.handler.module, probe)
+        for found in matching
+        if not found.handler.stateless
+    )
+    lines = []
+    for key in keys:
+        if router.store.get(key, probe.route_from) != ERROR:
+            continue
+        reason = read_reason(router.store, key, probe.route_from)
+        why = reason.describe() if reason is not None else "(no reason recorded)"
+        cure = f"mailrouter state reset {shlex.quote(probe.route_from)} --key {shlex.quote(key)}"
+        lines.append(f"{key}: ERROR {why} (recover: {cure})")
+    return lines
 
 
 def _flags(stateless: bool, nolocking: bool) -> str:

@@ -1,8 +1,10 @@
-"""``mailrouter start``, ``stop`` and ``status``: the server's lifecycle from the shell."""
+"""``mailrouter start``, ``stop``, ``status`` and ``reload``: the server's life from the shell."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 from collections.abc import Callable
 from typing import Any, get_args, get_type_hints
 
@@ -11,6 +13,7 @@ import click
 from mailrouter.cli.common import (
     CLI_SETTINGS,
     F,
+    ask_server,
     config_option,
     configure_logging,
     project_settings,
@@ -18,6 +21,7 @@ from mailrouter.cli.common import (
 )
 from mailrouter.config import ENV_PREFIX, Settings
 from mailrouter.runtime import daemon, pidlock
+from mailrouter.runtime.control import NotListening
 
 _TYPES = get_type_hints(Settings)
 
@@ -107,17 +111,26 @@ def stop(config: str, timeout: float | None, force: bool) -> None:
 
 @click.command()
 @config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the running server's status as JSON.")
 @click.pass_context
-def status(ctx: click.Context, config: str) -> None:
-    """Say whether the server runs, with its pid and address (exit status 1 if not).
+def status(ctx: click.Context, config: str, as_json: bool) -> None:
+    """Say whether the server runs: its address, pid, uptime, routes and the counts of its
+    journal and queues (exit status 1 if it does not run).
 
     Only a server that holds the lock counts: a pid file naming any other process is stale.
     """
     settings = project_settings(config)
     holder = pidlock.lock_holder(settings)
     if holder is None:
-        click.echo(pidlock.not_running(settings))
+        click.echo(json.dumps({"running": False}) if as_json else pidlock.not_running(settings))
         ctx.exit(1)
+    try:
+        report = ask_server(settings, "status", timeout=10.0)
+    except NotListening:
+        report = None
+    if as_json:
+        click.echo(json.dumps({"running": True, "pid": holder.pid, **(report or {})}, indent=2))
+        return
     recorded = pidlock.read_pid(pidlock.pid_path(settings))
     if holder.pid is None:
         click.echo(
@@ -128,3 +141,50 @@ def status(ctx: click.Context, config: str) -> None:
         click.echo(f"mailrouter is starting (pid {holder.pid})")
     else:  # the kernel's pid: the pid file's is the server's own, in its own pid namespace
         click.echo(f"mailrouter running on {pidlock.read_address(settings)} (pid {holder.pid})")
+    if report is not None:
+        click.echo(_described(report))
+
+
+def _described(report: dict[str, Any]) -> str:
+    """The control socket's status report as a few lines for people."""
+    workers = report["workers"]
+    lines = [
+        f"version {report['version']}, up {_duration(report['uptime'])},"
+        f" {workers} worker{'s' if workers != 1 else ''}, {report['protocol'].upper()},"
+        f" {report['mode']} mode, {report['routes']} routes",
+        f"sessions open: {report['sessions']}, messages being delivered: {report['delivering']}",
+    ]
+    journal = report["journal"]
+    if journal is None:
+        lines.append("journal: off")
+    else:
+        counts = ", ".join(f"{count} {name}" for name, count in journal.items() if count)
+        lines.append(f"journal: {counts or 'empty'}")
+    queues = ", ".join(
+        f"{name} {count}" for name, count in report["queues"].items() if count is not None
+    )
+    lines.append(f"queues: {queues}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{value}{unit}" for value, unit in parts if value]
+    return " ".join(shown[:2]) or "0s"
+
+
+@click.command()
+@config_option
+def reload(config: str) -> None:
+    """Rebuild the routes from what the handler files say now (the old ones stay on an error)."""
+    settings = project_settings(config)
+    try:
+        answer = ask_server(settings, "reload", timeout=None)  # the server bounds its imports
+    except NotListening:
+        pid = daemon.signal_server(settings, signal.SIGHUP)
+        click.echo(f"sent SIGHUP to mailrouter (pid {pid}); the log says how the reload went")
+        return
+    click.echo(f"reloaded: {answer['routes']} routes")

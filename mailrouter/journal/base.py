@@ -25,6 +25,7 @@ from mailrouter.errors import MailRouterError
 from mailrouter.journal import schema
 from mailrouter.journal.backend import DEFAULT_TABLE, NAME, Cursor, Database, JournalError, quoted
 from mailrouter.journal.records import (
+    MESSAGE_STATUSES,
     Arrival,
     Attempt,
     Entry,
@@ -283,6 +284,19 @@ class Journal:
             for row in cur.fetchall():
                 recipients[row[0]].append(schema.recipient_record(row[1:]))
         return [schema.entry_record(row, tuple(recipients[row[0]])) for row in rows]
+
+    def counts(self) -> dict[MessageStatus, int]:
+        """How many entries have each message status (every status named, zero included)."""
+        text = f"SELECT {self._schema.mask()} AS mask, count(*) FROM {self._j} j GROUP BY mask"
+
+        def counts(cur: Cursor) -> list[Any]:
+            cur.execute(self._schema.q(text), ())
+            return cur.fetchall()
+
+        found = dict.fromkeys(MESSAGE_STATUSES, 0)
+        for mask, count in self._run("count entries", counts, write=False):
+            found[schema.status_of_mask(int(mask))] += int(count)
+        return found
 
     def purge(self, before: float) -> int:
         """Delete the entries whose last activity is older than ``before``; how many."""

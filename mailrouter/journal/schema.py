@@ -131,17 +131,18 @@ class Schema:
         )
 
 
+def status_of_mask(mask: int) -> MessageStatus:
+    """The message status of a set of recipient statuses given as ``Schema.mask`` computes it."""
+    return message_status(name for name, bit in _BITS.items() if mask & bit)
+
+
 def masks(status: MessageStatus) -> list[int]:
     """Every status mask that ``message_status`` maps to ``status``."""
     if status not in MESSAGE_STATUSES:
         raise ValueError(
             f"unknown message status {status!r} (known: {', '.join(MESSAGE_STATUSES)})"
         )
-    return [
-        mask
-        for mask in range(1 << len(_BITS))
-        if message_status(name for name, bit in _BITS.items() if mask & bit) == status
-    ]
+    return [mask for mask in range(1 << len(_BITS)) if status_of_mask(mask) == status]
 
 
 def entry_row(

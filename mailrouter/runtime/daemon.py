@@ -1,7 +1,8 @@
 """Process management: detaching into the background, stopping the server, dropping privileges.
 
-Who runs is decided by the server lock (``pidlock.py``): ``stop`` signals only the process the
-kernel names as its holder, through a pidfd, so a reused pid is never hit."""
+Who runs is decided by the server lock (``pidlock.py``): ``stop`` asks the server on its control
+socket, and signals only the process the kernel names as the lock's holder, through a pidfd, so
+a reused pid is never hit."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from mailrouter.config import Settings
 from mailrouter.errors import MailRouterError
+from mailrouter.runtime import control
 from mailrouter.runtime.pidlock import (
     POLL,
     STARTUP_TIMEOUT,
@@ -133,26 +135,20 @@ def _daemon_main(settings: Settings, start: Callable[[Ready], None], pipe: int) 
 
 
 def stop(settings: Settings, timeout: float, force: bool) -> int:
-    """Stop the running server: SIGTERM, wait up to ``timeout`` seconds, SIGKILL if ``force``.
+    """Stop the running server: ask it on its control socket (SIGTERM if that does not answer),
+    wait up to ``timeout`` seconds, SIGKILL if ``force``.
 
     Only the process the kernel names as the holder of the server lock is signalled, through a
     pidfd opened before the holder is checked again, so a pid reused meanwhile is never hit; the
     SIGKILL only if it still holds the lock. Returns its pid; raises if no server is running
     (a stale pid file is left alone) or it would not stop.
     """
-    holder = lock_holder(settings)
-    if holder is None:
-        raise MailRouterError(not_running(settings))
-    if holder.pid is None:
-        raise MailRouterError(
-            f"mailrouter is running, but the process holding {lock_path(settings)} cannot be "
-            "identified; not signalling anything"
-        )
-    pid = holder.pid
+    pid = _holder_pid(settings)
     with _process(pid) as handle:
         if running_pid(settings) != pid:
             raise MailRouterError("mailrouter is not running")  # it exited meanwhile
-        _signal(handle, pid, signal.SIGTERM)
+        if not _asked_to_stop(settings):
+            _signal(handle, pid, signal.SIGTERM)
         if not _wait_for_exit(handle, pid, timeout):
             if not force:
                 raise MailRouterError(
@@ -170,6 +166,40 @@ def stop(settings: Settings, timeout: float, force: bool) -> int:
                 raise MailRouterError(f"mailrouter (pid {pid}) survived SIGKILL")
     remove_pid_file(settings, pid)  # left behind by a SIGKILL
     return pid
+
+
+def signal_server(settings: Settings, signum: signal.Signals) -> int:
+    """Send ``signum`` to the server lock's holder (through a pidfd); its pid."""
+    pid = _holder_pid(settings)
+    with _process(pid) as handle:
+        if running_pid(settings) != pid:
+            raise MailRouterError("mailrouter is not running")
+        _signal(handle, pid, signum)
+    return pid
+
+
+def _holder_pid(settings: Settings) -> int:
+    """The pid of the process holding the server lock; raises if there is none to name."""
+    holder = lock_holder(settings)
+    if holder is None:
+        raise MailRouterError(not_running(settings))
+    if holder.pid is None:
+        raise MailRouterError(
+            f"mailrouter is running, but the process holding {lock_path(settings)} cannot be "
+            "identified; not signalling anything"
+        )
+    return holder.pid
+
+
+def _asked_to_stop(settings: Settings) -> bool:
+    """Whether the server took ``stop`` on its control socket."""
+    if not settings.control_socket:
+        return False
+    try:
+        control.request(settings.path(settings.control_socket), "stop", timeout=5.0)
+    except MailRouterError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -216,8 +246,9 @@ def drop_privileges(settings: Settings) -> None:
     """Switch to ``settings.user``/``settings.group`` (after binding); refuse to stay root.
 
     What the server created as root and still writes (the pid file's folder, the queue, the
-    state file, the log file, the Unix socket) is handed to the new user first. Still running
-    as root afterwards is an error unless ``allow_root`` is set.
+    state file, the log file, the Unix socket) is handed to the new user first; the socket
+    keeps its ``unix_socket_group`` when one is set. Still running as root afterwards is an
+    error unless ``allow_root`` is set.
     """
     if settings.user or settings.group:
         _switch_user(settings)
@@ -242,9 +273,11 @@ def _switch_user(settings: Settings) -> None:
             "mailrouter must be started as root to change user"
         )
     try:
+        grouped = settings.unix_socket and settings.unix_socket_group
+        keep = settings.path(settings.unix_socket) if grouped else None  # its group stays
         for path in _runtime_paths(settings):
             with contextlib.suppress(FileNotFoundError):
-                os.chown(path, uid, gid)
+                os.chown(path, uid, -1 if path == keep else gid)
         if user is not None:
             os.initgroups(user.pw_name, gid)
         else:
@@ -270,8 +303,9 @@ def _runtime_paths(settings: Settings) -> list[Path]:
             database = Path(where.partition("?")[0])
             paths += [database.parent, database]
             paths += [Path(f"{database}{suffix}") for suffix in ("-wal", "-shm", ".lock")]
-    if settings.unix_socket:
-        paths.append(settings.path(settings.unix_socket))
+    for socket_path in (settings.unix_socket, settings.control_socket):
+        if socket_path:
+            paths.append(settings.path(socket_path))
     return paths
 
 

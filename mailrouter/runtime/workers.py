@@ -2,7 +2,8 @@
 
 A supervisor reserves the port, forks ``workers`` processes that each listen on it with
 SO_REUSEPORT (the kernel spreads connections between them) and run their own event loop,
-restarts a worker that dies, forwards SIGHUP, and on SIGTERM lets every worker drain.
+restarts a worker that dies, forwards SIGHUP, and on SIGTERM lets every worker drain. The
+first worker serves the control socket; its ``stop`` and ``reload`` come back here as signals.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def _reserve_port(host: str, port: int) -> Iterator[int]:
 
 def _spawn(settings: Settings, number: int, ready_write: int) -> int:
     """Fork one worker; in the child, serve until stopped and exit."""
+    supervisor = os.getpid()
     pid = os.fork()
     if pid:
         return pid
@@ -96,9 +98,14 @@ def _spawn(settings: Settings, number: int, ready_write: int) -> int:
         def ready(_: str) -> None:
             os.write(ready_write, b"r")
 
-        # each worker recovers its own spool at start: a shared one would steal live claims
-        own = dataclasses.replace(settings, spool=f"{settings.spool}/worker-{number}")
-        run_in_process(own, ready)
+        # each worker recovers its own spool at start: a shared one would steal live claims;
+        # the first one serves the control socket for them all
+        own = dataclasses.replace(
+            settings,
+            spool=f"{settings.spool}/worker-{number}",
+            control_socket=settings.control_socket if number == 0 else "",
+        )
+        run_in_process(own, ready, supervisor)
         status = 0
     except BaseException:
         log.exception("worker %d failed", number)
@@ -130,7 +137,8 @@ def _supervise(settings: Settings, children: dict[int, int], ready_write: int) -
             break
         if info is not None and info.si_signo == signal.SIGHUP:
             for pid in children:
-                _signal(pid, signal.SIGHUP)
+                if pid != info.si_pid:  # a worker asking has reloaded itself already
+                    _signal(pid, signal.SIGHUP)
         for pid, number in _reap(children):
             log.warning("worker %d (pid %d) died; restarting it", number, pid)
             children[_spawn(settings, number, ready_write)] = number

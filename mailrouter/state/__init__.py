@@ -9,6 +9,8 @@ until it is asked for, and the base layer imports no backend.
   (``state.sqlite``), ``redis://host:port/db`` (``state.redis``, ``mailrouter[redis]``),
   ``postgresql://user@host/db`` (``state.postgres``, ``mailrouter[postgres]``);
 - a custom store's import string, ``package.module:Factory`` (``state.custom``).
+
+``state.entries`` lists the states for operators and keeps why a sender is in ERROR.
 """
 
 from __future__ import annotations
@@ -18,11 +20,34 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from mailrouter.errors import StoreError
-from mailrouter.state.base import ERROR, START, StateStorage, split_url
+from mailrouter.state.base import ERROR, START, ListableStorage, StateStorage, listable, split_url
+from mailrouter.state.entries import (
+    ErrorReason,
+    StateEntry,
+    change_state,
+    list_states,
+    read_reason,
+    record_error,
+)
 from mailrouter.state.memory import MemoryStorage
 from mailrouter.state.shelf import ShelveStorage
 
-__all__ = ["ERROR", "START", "MemoryStorage", "ShelveStorage", "StateStorage", "open_store"]
+__all__ = [
+    "ERROR",
+    "START",
+    "ErrorReason",
+    "ListableStorage",
+    "MemoryStorage",
+    "ShelveStorage",
+    "StateEntry",
+    "StateStorage",
+    "change_state",
+    "list_states",
+    "listable",
+    "open_store",
+    "read_reason",
+    "record_error",
+]
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,18 @@
 parts the built-in stores share (``with`` support, per-(key, sender) thread locks, URL parsing).
 
 A state is a string kept per (state key, sender); ``START`` is the default and is never stored.
+Listing the stored states (``ListableStorage.items``) is optional: every built-in store has it, a
+custom store may not, and ``listable`` says so clearly.
 """
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, cast
 from urllib.parse import SplitResult, urlsplit
 
 from mailrouter.errors import StoreError
@@ -37,6 +39,20 @@ class StateStorage(Protocol):
 
     def close(self) -> None:
         """Release the store's resources; idempotent."""
+
+
+class ListableStorage(StateStorage, Protocol):
+    """A state store that can list what it holds (all built-in stores; optional for custom ones)."""
+
+    def items(self) -> Iterable[tuple[str, str, str]]:
+        """Every stored ``(key, sender, state)``, in no particular order."""
+
+
+def listable(store: StateStorage) -> ListableStorage:
+    """``store`` as a ListableStorage; a StoreError says so when it has no ``items()``."""
+    if not callable(getattr(store, "items", None)):
+        raise StoreError(f"state store {store!r} cannot list its states: it has no items() method")
+    return cast(ListableStorage, store)
 
 
 class _Entry:

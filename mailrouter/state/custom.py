@@ -4,6 +4,8 @@
 the query options as string keyword arguments, plus ``readonly=True`` when the store is opened
 read-only and the factory takes a ``readonly`` parameter. What it returns must have the
 ``StateStorage`` methods; set ``cross_process = True`` on it if ``workers > 1`` may share it.
+``items()`` (``ListableStorage``) is optional: without it the store routes mail as usual, but
+operators cannot list its states.
 """
 
 from __future__ import annotations

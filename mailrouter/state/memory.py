@@ -29,6 +29,11 @@ class MemoryStorage(Closable):
             else:
                 self._states[(key, sender)] = state
 
+    def items(self) -> list[tuple[str, str, str]]:
+        """Every stored ``(key, sender, state)``."""
+        with self._guard:
+            return [(key, sender, state) for (key, sender), state in self._states.items()]
+
     def clear(self) -> None:
         """Remove every state."""
         with self._guard:

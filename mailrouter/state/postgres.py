@@ -81,6 +81,7 @@ class PostgresStorage(SharedStore[Connection]):
                 " state text NOT NULL, updated timestamptz NOT NULL DEFAULT now(),"
                 " PRIMARY KEY (key, sender))",
                 "get": "SELECT state FROM {} WHERE key = %s AND sender = %s",
+                "items": "SELECT key, sender, state FROM {}",
                 "delete": "DELETE FROM {} WHERE key = %s AND sender = %s",
                 "upsert": "INSERT INTO {} (key, sender, state) VALUES (%s, %s, %s)"
                 " ON CONFLICT (key, sender) DO UPDATE SET state = EXCLUDED.state, updated = now()",
@@ -161,6 +162,20 @@ class PostgresStorage(SharedStore[Connection]):
             return START if row is None else from_text(row[0])
 
         return self._run("read a state", get)
+
+    def items(self) -> list[tuple[str, str, str]]:
+        """Every stored ``(key, sender, state)``, read in one SELECT."""
+
+        def items(conn: Connection) -> list[tuple[str, str, str]]:
+            try:
+                rows = conn.execute(self._sql["items"]).fetchall()
+            except psycopg.errors.UndefinedTable:
+                if self.readonly:
+                    return []
+                raise
+            return [(from_text(k), from_text(s), from_text(v)) for k, s, v in rows]
+
+        return self._run("list the states", items)
 
     def set(self, key: str, sender: str, state: str) -> None:
         """Store ``state``; ``START`` deletes the row."""

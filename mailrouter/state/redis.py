@@ -6,7 +6,8 @@ Needs the ``mailrouter[redis]`` extra. Key layout, under ``prefix`` (default ``m
     <prefix>lock:["<key>","<sender>"]   a string: the owner token, with a TTL
 
 Strings are stored as UTF-8 (lone surrogates from non-UTF-8 envelopes pass through as such).
-``clear()`` unlinks only the state hash.
+``clear()`` unlinks only the state hash; ``items()`` reads it with ``HSCAN``, a page at a time,
+so a huge hash never blocks the server the way one ``HGETALL`` would.
 
 ``lock(key, sender)`` is ``SET NX PX`` of a random owner token (in a Lua script that also accepts
 our own token, so a retried command is harmless), polled with a short backoff. It is released
@@ -63,8 +64,15 @@ return 0
 """
 
 
+_SCAN_PAGE = 1000  # fields per HSCAN call (a hint to the server)
+
+
 def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
+
+
+def _decode(data: bytes) -> str:
+    return bytes(data).decode("utf-8", "surrogatepass")
 
 
 class RedisStorage(SharedStore[str]):
@@ -134,7 +142,7 @@ class RedisStorage(SharedStore[str]):
     def get(self, key: str, sender: str) -> str:
         """The state of ``sender`` under ``key``, or ``START``."""
         value = self._call(self._client.hget, self._hash, self._field(key, sender))
-        return START if value is None else bytes(value).decode("utf-8", "surrogatepass")
+        return START if value is None else _decode(value)
 
     def set(self, key: str, sender: str, state: str) -> None:
         """Store ``state``; ``START`` removes the entry."""
@@ -143,6 +151,21 @@ class RedisStorage(SharedStore[str]):
             self._call(self._client.hdel, self._hash, self._field(key, sender))
         else:
             self._call(self._client.hset, self._hash, self._field(key, sender), _encode(state))
+
+    def items(self) -> list[tuple[str, str, str]]:
+        """Every stored ``(key, sender, state)``, read with HSCAN (which may repeat a field)."""
+        found: dict[bytes, bytes] = {}
+        cursor = 0
+        while True:
+            cursor, page = self._call(self._client.hscan, self._hash, cursor, count=_SCAN_PAGE)
+            found.update(page)
+            if not cursor:
+                break
+        listed = []
+        for field, state in found.items():
+            key, sender = json.loads(_decode(field))
+            listed.append((key, sender, _decode(state)))
+        return listed
 
     def clear(self) -> None:
         """Remove every state under this prefix (locks held meanwhile stay held)."""

@@ -3,6 +3,9 @@
 The mapping has the same schema as Python 3.13's ``dbm.sqlite3``, so files are interchangeable.
 We do not use ``dbm.sqlite3`` itself: it binds its connection to the opening thread, while
 handlers run in executor threads.
+
+A state is the shelf's value under the key ``json.dumps([key, sender])`` (``_shelf_key``);
+``items()`` reads the whole mapping in one statement and decodes those keys back.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import fcntl
 import json
 import logging
 import os
+import pickle
 import shelve
 import sqlite3
 import threading
-from collections.abc import Iterator, MutableMapping
+from collections.abc import ItemsView, Iterator, MutableMapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -88,9 +92,12 @@ class ShelveStorage(Closable):
                 os.ftruncate(fd, 0)
             os.close(fd)  # closing the descriptor releases the flock
 
-    def _shelf_key(self, key: str, sender: str) -> str:
+    def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"state store {self.path} is closed")
+
+    def _shelf_key(self, key: str, sender: str) -> str:
+        self._check_open()
         return json.dumps([key, sender])  # ASCII-only, so any str (even lone surrogates) encodes
 
     def _writable(self) -> None:
@@ -100,9 +107,11 @@ class ShelveStorage(Closable):
     def get(self, key: str, sender: str) -> str:
         """The state of ``sender`` under ``key``, or ``START``."""
         try:
-            state = self._shelf[self._shelf_key(key, sender)]
+            return self._checked(self._shelf[self._shelf_key(key, sender)], sender)
         except KeyError:
             return START
+
+    def _checked(self, state: object, sender: str) -> str:
         if not isinstance(state, str):
             raise StoreError(f"state store {self.path} holds a non-string state for {sender!r}")
         return state
@@ -117,10 +126,19 @@ class ShelveStorage(Closable):
         else:
             self._shelf[shelf_key] = state
 
+    def items(self) -> list[tuple[str, str, str]]:
+        """Every stored ``(key, sender, state)``."""
+        self._check_open()
+        listed = []
+        for shelf_key, value in self._map.items():  # the Shelf's UTF-8 keys, pickled values
+            key, sender = json.loads(shelf_key.decode())
+            listed.append((key, sender, self._checked(pickle.loads(value), sender)))
+        return listed
+
     def clear(self) -> None:
         """Remove every state."""
         self._writable()
-        self._shelf_key("", "")  # raises when closed
+        self._check_open()
         self._map.clear()  # one DELETE, not the Shelf's popitem loop
 
     def lock(self, key: str, sender: str) -> AbstractContextManager[None]:
@@ -220,6 +238,12 @@ class SqliteMapping(MutableMapping[bytes, bytes]):
 
     def __iter__(self) -> Iterator[bytes]:
         return iter([bytes(row[0]) for row in self._rows("SELECT key FROM Dict")])
+
+    def items(self) -> ItemsView[bytes, bytes]:
+        """Every pair, read in one statement (not one query per key)."""
+        return {
+            bytes(key): bytes(value) for key, value in self._rows("SELECT key, value FROM Dict")
+        }.items()
 
     def __len__(self) -> int:
         rows = self._rows("SELECT count(*) FROM Dict")

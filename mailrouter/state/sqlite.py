@@ -249,6 +249,13 @@ class SqliteStorage(SharedStore[tuple[_LockFile, int]]):
                 (to_text(key), to_text(sender), to_text(state)),
             )
 
+    def items(self) -> list[tuple[str, str, str]]:
+        """Every stored ``(key, sender, state)``, read in one statement."""
+        rows, _ = self._execute("SELECT key, sender, state FROM mailrouter_state")
+        return [
+            (from_text(key), from_text(sender), from_text(state)) for key, sender, state in rows
+        ]
+
     def clear(self) -> None:
         """Remove every state (locks held meanwhile stay held)."""
         self._writable()

@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,15 @@ from helpers import mail
 from mailrouter import ERROR, START, Router, SMTPError, route, stateless
 from mailrouter.errors import LoadError, RouteError
 from mailrouter.queue import Queue
-from mailrouter.state import MemoryStorage, ShelveStorage
+from mailrouter.state import (
+    ErrorReason,
+    MemoryStorage,
+    ShelveStorage,
+    StateEntry,
+    list_states,
+    read_reason,
+    record_error,
+)
 
 MakeModule = Callable[..., str]
 
@@ -832,3 +841,126 @@ async def test_a_plain_handlers_step_is_one_executor_call(make_module: MakeModul
         await router.deliver(msg)  # the state read, the handler and its transition
         assert executor.calls == 1
         assert router.get_state(app, msg) == "AWAY"
+
+
+# -- ERROR reasons ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        (
+            'def START(message): raise ValueError("boom\\nsecond line")',
+            "ValueError: boom second line",
+        ),
+        ('async def START(message): raise KeyError("gone")', "KeyError: 'gone'"),
+        (
+            'def START(message): return "POSTING"',
+            "TypeError: returned 'POSTING', not a state function or None",
+        ),
+    ],
+)
+async def test_a_failed_stateful_handler_leaves_error_and_why(
+    make_module: MakeModule, source: str, error: str
+) -> None:
+    app = make_module(f"from mailrouter import route\n@route('app@x.org')\n{source}\n")
+    router = Router()
+    router.load([app])
+    msg = mail(sender="Joe <JOE@example.org>", recipients=["app@x.org"])
+    before = datetime.now(UTC).replace(microsecond=0)
+    await router.deliver(msg)
+    after = datetime.now(UTC)
+    assert router.get_state(app, msg) == ERROR
+    reason = read_reason(router.store, app, "joe@example.org")
+    assert reason is not None
+    assert (reason.handler, reason.error) == (f"{app}.START", error)
+    assert before <= datetime.fromisoformat(reason.time.replace("Z", "+00:00")) <= after
+    assert list_states(router.store) == [StateEntry(app, "joe@example.org", ERROR, reason)]
+
+
+async def test_a_failed_stateless_handler_leaves_no_state_and_no_reason(
+    make_module: MakeModule,
+) -> None:
+    app = make_module(
+        """
+        from mailrouter import route, stateless
+        @route("audit@x.org")
+        @stateless
+        def AUDIT(message):
+            raise RuntimeError("audit failed")
+        """
+    )
+    router = Router()
+    router.load([app])
+    result = await router.deliver(mail(recipients=["audit@x.org"]))
+    assert "RuntimeError: audit failed" in result.reasons["audit@x.org"]
+    assert isinstance(router.store, MemoryStorage)
+    assert router.store.items() == []
+
+
+ERROR_APP = """
+from mailrouter import route, route_like
+@route("boom@x.org")
+def START(message):
+    raise ValueError("boom")
+@route_like(START)
+def ERROR(message):
+    return POSTING
+@route_like(START)
+def POSTING(message):
+    pass
+"""
+
+
+async def test_leaving_error_drops_the_reason(make_module: MakeModule) -> None:
+    app = make_module(ERROR_APP)
+    router = Router()
+    router.load([app])
+    msg = mail(recipients=["boom@x.org"])
+    await router.deliver(msg)
+    assert read_reason(router.store, app, msg.route_from) is not None
+    await router.deliver(mail(recipients=["boom@x.org"]))  # the ERROR handler moves it on
+    assert router.get_state(app, msg) == "POSTING"
+    assert read_reason(router.store, app, msg.route_from) is None
+    assert isinstance(router.store, MemoryStorage)
+    assert router.store.items() == [(app, msg.route_from, "POSTING")]
+
+
+async def test_set_state_out_of_error_drops_the_reason(make_module: MakeModule) -> None:
+    app = make_module(ERROR_APP)
+    router = Router()
+    router.load([app])
+    msg = mail(recipients=["boom@x.org"])
+    await router.deliver(msg)
+    router.set_state(app, msg, ERROR)  # into ERROR by hand: the reason stays
+    assert read_reason(router.store, app, msg.route_from) is not None
+    router.set_state(app, msg, START)
+    assert list_states(router.store) == []
+
+
+async def test_moving_another_module_out_of_error_drops_its_reason(
+    router: Router, make_module: MakeModule
+) -> None:
+    other = make_module(
+        """
+        from mailrouter import route
+        @route("never@nowhere")
+        def WAITING(message): pass
+        """
+    )
+    app = make_module(
+        f"""
+        from mailrouter import route
+        import {other}
+        @route("kick@(host)")
+        def START(message, host=None):
+            return {other}.WAITING
+        """
+    )
+    router.load([app, other])
+    msg = mail(recipients=["kick@example.com"])
+    reason = ErrorReason("x.START", "ValueError: old", "2026-12-03T15:00:00Z")
+    record_error(router.store, other, msg.route_from, reason)
+    await router.deliver(msg)
+    assert router.get_state(other, msg) == "WAITING"
+    assert read_reason(router.store, other, msg.route_from) is None

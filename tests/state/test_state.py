@@ -21,10 +21,17 @@ from mailrouter.errors import StoreError
 from mailrouter.state import (
     ERROR,
     START,
+    ErrorReason,
     MemoryStorage,
     ShelveStorage,
+    StateEntry,
     StateStorage,
+    change_state,
+    list_states,
+    listable,
     open_store,
+    read_reason,
+    record_error,
 )
 from mailrouter.state.base import KeyedLocks
 
@@ -202,6 +209,61 @@ def test_lock_released_from_another_thread(store: StateStorage) -> None:
     assert not errors
 
 
+def listed(store: StateStorage) -> list[tuple[str, str, str]]:
+    """What ``items()`` gives, sorted."""
+    return sorted(listable(store).items())
+
+
+def test_items_lists_every_stored_state(store: StateStorage) -> None:
+    assert listed(store) == []
+    store.set("k1", "b@x.org", "B1")
+    store.set("k1", "a@x.org", "A1")
+    store.set("k2", "a@x.org", "A2")
+    store.set("k2", "b@x.org", "GONE")
+    store.set("k2", "b@x.org", START)  # START is never stored, so never listed
+    store.set("k1", "a@x.org", ERROR)
+    assert listed(store) == [
+        ("k1", "a@x.org", ERROR),
+        ("k1", "b@x.org", "B1"),
+        ("k2", "a@x.org", "A2"),
+    ]
+    assert listed(store) == listed(store)  # listing changes nothing
+    store.clear()
+    assert listed(store) == []
+
+
+def test_items_gives_keys_senders_and_states_back_as_stored(store: StateStorage) -> None:
+    stored = [
+        ("lists:ünïcode", "jöe@exämple.org", "CÖNFIRMING"),
+        ("📮.handlers", "🙂@例え.jp", "✅"),
+        ("k", "bad\udcffbyte@x.org", "S\udcff"),  # surrogate-escaped bytes of a non-UTF-8 envelope
+        ("\x1bk", "nul\x00@x.org", "\x1b[0m"),  # what the SQL stores escape
+        ("a:b", "c", "ONE"),
+        ("a", "b:c", "TWO"),
+        ('a", "b', "c", "THREE"),
+        ("", "", ""),
+    ]
+    for key, sender, state in stored:
+        store.set(key, sender, state)
+    assert listed(store) == sorted(stored)
+    assert all(store.get(key, sender) == state for key, sender, state in listed(store))
+
+
+def test_error_reasons_are_kept_listed_and_dropped(store: StateStorage) -> None:
+    reason = ErrorReason.of("app.ÉTAT", KeyError("jöe\udcff@x.org"))
+    record_error(store, "app", "jöe@x.org", reason)
+    record_error(store, "app", "ann@x.org", reason)
+    store.set("other", "jöe@x.org", "POSTING")
+    assert read_reason(store, "app", "jöe@x.org") == reason
+    assert list_states(store, state=ERROR) == [
+        StateEntry("app", "ann@x.org", ERROR, reason),
+        StateEntry("app", "jöe@x.org", ERROR, reason),
+    ]
+    change_state(store, "app", "jöe@x.org", START)
+    change_state(store, "app", "ann@x.org", "CONFIRMING")
+    assert listed(store) == [("app", "ann@x.org", "CONFIRMING"), ("other", "jöe@x.org", "POSTING")]
+
+
 def test_store_as_context_manager(tmp_path: Path) -> None:
     for factory in STORES.values():
         with factory(tmp_path) as opened:
@@ -320,6 +382,7 @@ def test_shelve_readonly_reads_while_writer_holds(tmp_path: Path) -> None:
             writer.set("k", "t@x.org", "THREE")
             assert reader.get("k", "s@x.org") == "TWO"
             assert reader.get("k", "t@x.org") == "THREE"
+            assert listed(reader) == [("k", "s@x.org", "TWO"), ("k", "t@x.org", "THREE")]
             with pytest.raises(StoreError, match="read-only"):
                 reader.set("k", "s@x.org", "X")
             with pytest.raises(StoreError, match="read-only"):
@@ -339,6 +402,7 @@ def test_shelve_readonly_missing_file_is_empty(tmp_path: Path) -> None:
     path = tmp_path / "nothing" / "state.db"
     with ShelveStorage(path, readonly=True) as reader:
         assert reader.get("k", "s") == START
+        assert listed(reader) == []
         with pytest.raises(StoreError):
             reader.set("k", "s", "X")
     assert not path.parent.exists()
@@ -376,6 +440,8 @@ def test_shelve_close_is_idempotent_and_final(tmp_path: Path) -> None:
         opened.set("k", "s", "X")
     with pytest.raises(StoreError, match="closed"):
         opened.clear()
+    with pytest.raises(StoreError, match="closed"):
+        listed(opened)
 
 
 CHILD = """

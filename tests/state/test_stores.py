@@ -35,7 +35,17 @@ from helpers import mail, run_threads, running, until, wait_for
 from services import SERVERS, Proxy, require, unique
 
 from mailrouter.errors import StoreError
-from mailrouter.state import START, StateStorage, open_store
+from mailrouter.state import (
+    ERROR,
+    START,
+    ErrorReason,
+    StateStorage,
+    list_states,
+    listable,
+    open_store,
+    read_reason,
+    record_error,
+)
 from mailrouter.state.postgres import PostgresStorage
 from mailrouter.state.redis import RedisStorage
 from mailrouter.state.sqlite import SqliteStorage
@@ -393,6 +403,7 @@ def test_closed_store_refuses_everything(shared: Shared) -> None:
         lambda: store.set("k", "s", "X"),
         store.clear,
         lambda: store.lock("k", "s").__enter__(),
+        lambda: listable(store).items(),
     ):
         with pytest.raises(StoreError, match="closed"):
             call()
@@ -430,6 +441,7 @@ def test_readonly_reads_and_refuses_writes(shared: Shared) -> None:
             assert reader.get("k", "s") == "ONE"
             writer.set("k", "s", "TWO")
             assert reader.get("k", "s") == "TWO"
+            assert list(listable(reader).items()) == [("k", "s", "TWO")]
             for call in (
                 lambda: reader.set("k", "s", "X"),
                 reader.clear,
@@ -445,11 +457,13 @@ def test_readonly_creates_nothing(kind: str, tmp_path: Path) -> None:
     location = Shared(kind, tmp_path / "none")
     with closing(open_store(location.url(), readonly=True)) as reader:
         assert reader.get("k", "s") == START
+        assert list(listable(reader).items()) == []
         assert not location.path.parent.exists()
         if kind == "sqlite":  # a writer that comes later is seen
             with closing(open_store(location.url())) as writer:
                 writer.set("k", "s", "LATER")
             assert reader.get("k", "s") == "LATER"
+            assert list(listable(reader).items()) == [("k", "s", "LATER")]
     if kind == "postgres":
         with psycopg.connect(SERVERS[kind]) as conn:
             found = conn.execute("SELECT to_regclass(%s)", (location.name,)).fetchone()
@@ -748,6 +762,27 @@ def test_redis_key_layout(redis_shared: Shared) -> None:
         assert r.exists(f"{prefix}:state") == 0
 
 
+def test_redis_lists_a_big_hash_a_page_at_a_time(redis_shared: Shared) -> None:
+    with (
+        closing(redis_shared.open()) as store,
+        closing(redis.Redis.from_url(SERVERS["redis"])) as r,
+    ):
+        store.set("k", "first@x.org", "ONE")
+        fields = {json.dumps(["k", f"s{i}@x.org"]): f"S{i}" for i in range(2500)}
+        r.hset(f"{redis_shared.name}:state", mapping=fields)  # as in test_redis_key_layout
+
+        def hscans() -> int:
+            return int(r.info("commandstats").get("cmdstat_hscan", {}).get("calls", 0))
+
+        before = hscans()
+        listed = list(listable(store).items())
+        assert hscans() - before >= 2  # more than one page (other clients only add calls)
+        assert len(listed) == len(set(listed)) == 2501
+        assert set(listed) == {("k", "first@x.org", "ONE")} | {
+            ("k", f"s{i}@x.org", f"S{i}") for i in range(2500)
+        }
+
+
 def test_redis_release_spares_a_lock_taken_over(redis_shared: Shared) -> None:
     """A holder whose lease ran out must not delete the lock its successor now holds."""
     with (
@@ -969,6 +1004,12 @@ class Half:
     def get(self, key, sender): return "START"
     def close(self): Half.closed = True
 
+class Bare:  # the StateStorage methods and nothing more: no items()
+    def __init__(self):
+        inner = MemoryStorage()
+        self.get, self.set, self.clear = inner.get, inner.set, inner.clear
+        self.lock, self.close = inner.lock, inner.close
+
 NOT_CALLABLE = 42
 """
 
@@ -984,6 +1025,21 @@ def test_open_custom_store(make_module: Callable[..., str]) -> None:
         assert (store.colour, store.readonly) == ("blue", True)
     with closing(open_store(f"{name}:plain", readonly=True)) as store:
         assert store.get("k", "s") == START
+
+
+def test_a_custom_store_without_items_opens_and_keeps_reasons_but_cannot_list(
+    make_module: Callable[..., str],
+) -> None:
+    name = make_module(CUSTOM)
+    with closing(open_store(f"{name}:Bare")) as store:
+        reason = ErrorReason("app.START", "ValueError: boom", "2026-12-03T15:00:00Z")
+        record_error(store, "app", "s@x.org", reason)
+        assert store.get("app", "s@x.org") == ERROR
+        assert read_reason(store, "app", "s@x.org") == reason
+        with pytest.raises(
+            StoreError, match=r"state store <.*Bare.*> cannot list its states: it has no items\(\)"
+        ):
+            list_states(store)
 
 
 @pytest.mark.parametrize(
