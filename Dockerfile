@@ -24,7 +24,9 @@ USER mailrouter
 VOLUME ["/srv/mailrouter/run"]
 EXPOSE 8825
 
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD python -c "import os, smtplib; smtplib.SMTP('127.0.0.1', int(os.environ['MAILROUTER_PORT']), timeout=4).quit()"
+# healthy: the server holds its lock and answers on its control socket (exit 1: not running,
+# 4: running but not answering)
+HEALTHCHECK --interval=30s --timeout=15s --start-period=10s --retries=3 \
+    CMD ["mailrouter", "status"]
 
 CMD ["mailrouter", "start", "--foreground"]

@@ -20,10 +20,12 @@ from mailrouter.cli.common import (
     setting_help,
 )
 from mailrouter.config import ENV_PREFIX, Settings
+from mailrouter.errors import MailRouterError
 from mailrouter.runtime import daemon, pidlock
 from mailrouter.runtime.control import NotListening
 
 _TYPES = get_type_hints(Settings)
+UNANSWERED = 4  # ``status``: a server holds the lock but does not answer on its control socket
 
 
 def setting_options(func: F) -> F:
@@ -115,7 +117,8 @@ def stop(config: str, timeout: float | None, force: bool) -> None:
 @click.pass_context
 def status(ctx: click.Context, config: str, as_json: bool) -> None:
     """Say whether the server runs: its address, pid, uptime, routes and the counts of its
-    journal and queues (exit status 1 if it does not run).
+    journal and queues. Exit status 1 if it does not run, 4 if it runs but does not answer
+    on its control socket (still starting, or stuck): what a health check wants to know.
 
     Only a server that holds the lock counts: a pid file naming any other process is stale.
     """
@@ -126,10 +129,12 @@ def status(ctx: click.Context, config: str, as_json: bool) -> None:
         ctx.exit(1)
     try:
         report = ask_server(settings, "status", timeout=10.0)
-    except NotListening:
+    except MailRouterError:  # not listening yet, or not answering: a health check's failure
         report = None
     if as_json:
         click.echo(json.dumps({"running": True, "pid": holder.pid, **(report or {})}, indent=2))
+        if report is None and settings.control_socket and pidlock.pid_path(settings).exists():
+            ctx.exit(UNANSWERED)
         return
     recorded = pidlock.read_pid(pidlock.pid_path(settings))
     if holder.pid is None:
@@ -143,6 +148,9 @@ def status(ctx: click.Context, config: str, as_json: bool) -> None:
         click.echo(f"mailrouter running on {pidlock.read_address(settings)} (pid {holder.pid})")
     if report is not None:
         click.echo(_described(report))
+    elif settings.control_socket and recorded is not None:  # ready, yet not answering
+        click.echo(f"the control socket {settings.path(settings.control_socket)} does not answer")
+        ctx.exit(UNANSWERED)
 
 
 def _described(report: dict[str, Any]) -> str:

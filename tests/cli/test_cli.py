@@ -394,7 +394,7 @@ def test_queue_replay_while_the_server_runs_says_to_stop_it(project: Path) -> No
     queue_of(project).push(mail(recipients=["hello@localhost"]))
     with pidlock.pid_file(settings), ShelveStorage(settings.path("run/state.db")):
         result = invoke("queue", "replay", "--config", config(project))
-    assert_one_line_error(result, "in use", "stop the server first")
+    assert_one_line_error(result, "in use", "control socket", "stop the server first")
     assert len(queue_of(project)) == 1
 
 
@@ -839,8 +839,6 @@ def test_log_lines_cannot_be_forged_by_client_data() -> None:
 def test_sink_keeps_every_message_and_prints_a_line(tmp_path: Path) -> None:
     import smtplib
 
-    from mailrouter.queue import Queue
-
     process = subprocess.Popen(
         [sys.executable, "-m", "mailrouter", "sink", "--port", "0", "--maildir", "box"],
         cwd=tmp_path,
@@ -855,10 +853,8 @@ def test_sink_keeps_every_message_and_prints_a_line(tmp_path: Path) -> None:
             client.sendmail("dev@x.org", ["a@y.org", "b@y.org"], b"Subject: hi there\r\n\r\nx\r\n")
         summary = process.stdout.readline()
         assert "dev@x.org -> a@y.org, b@y.org: 'hi there'" in summary
-        queue = Queue(tmp_path / "box")
-        (key,) = queue.keys()
-        assert queue.get(key).recipients == ["a@y.org", "b@y.org"]
-        assert key in summary
+        (saved,) = (tmp_path / "box" / "new").iterdir()
+        assert saved.name in summary
     finally:
         process.terminate()
         assert process.wait(10) == 0

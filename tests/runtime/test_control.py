@@ -243,7 +243,9 @@ async def test_retry_uses_the_running_servers_relay_options(
 
 def test_stop_and_status_without_a_control_socket(make_project: Callable[..., Project]) -> None:
     project = make_project("project")
-    port, pid = project.start("--control-socket", "")
+    toml = project.folder / "config" / "mailrouter.toml"
+    toml.write_text('control_socket = ""\n' + toml.read_text())
+    port, pid = project.start()
     assert not control_path(project).exists()
     assert project.run("status").stdout == f"mailrouter running on 127.0.0.1:{port} (pid {pid})\n"
     sighup = project.run("reload")
@@ -275,3 +277,21 @@ def test_workers_share_one_control_socket(make_project: Callable[..., Project]) 
     stopped = project.run("stop")
     assert stopped.returncode == 0, stopped.stderr
     assert project.run("status").returncode == 1
+
+
+def test_status_is_unhealthy_when_the_control_socket_does_not_answer(
+    make_project: Callable[..., Project],
+) -> None:
+    """What the Docker image's HEALTHCHECK (``mailrouter status``) sees of a stuck server."""
+    project = make_project("project")
+    port, pid = project.start()
+    assert project.run("status").returncode == 0
+    control_path(project).unlink()  # the socket gone: the server cannot be asked any more
+    unhealthy = project.run("status")
+    assert unhealthy.returncode == 4
+    assert unhealthy.stdout.splitlines() == [
+        f"mailrouter running on 127.0.0.1:{port} (pid {pid})",
+        f"the control socket {control_path(project)} does not answer",
+    ]
+    assert project.run("stop").returncode == 0  # by signal, since the socket does not answer
+    assert "HEALTHCHECK" in (Path(__file__).parents[2] / "Dockerfile").read_text()
