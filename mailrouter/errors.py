@@ -20,6 +20,7 @@ class Status(IntEnum):
     AUTH_REQUIRED = 530
     MAILBOX_UNAVAILABLE = 550
     SIZE_EXCEEDED = 552
+    MAILBOX_NAME_NOT_ALLOWED = 553
     TRANSACTION_FAILED = 554
 
 
@@ -34,12 +35,16 @@ class MailRouterError(Exception):
     """Base class of every error mailrouter raises."""
 
 
-class RouteError(MailRouterError):
-    """A handler's route is malformed: bad pattern, unknown capture, misplaced decorator."""
+class RouteError(MailRouterError, TypeError):
+    """A handler's route is malformed: bad pattern, unknown capture, misplaced decorator.
+
+    Also a ``TypeError``, as decorator misuse is in Python (and in Salmon, whose handler code
+    guards with ``except TypeError``)."""
 
 
-class LoadError(MailRouterError):
-    """A handler module (or a module named by an import string) could not be loaded."""
+class LoadError(MailRouterError, ImportError):
+    """A handler module (or a module named by an import string) could not be loaded; also an
+    ``ImportError``, what Python raises for an import that fails."""
 
 
 class StoreError(MailRouterError):

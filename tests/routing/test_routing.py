@@ -964,3 +964,16 @@ async def test_moving_another_module_out_of_error_drops_its_reason(
     await router.deliver(msg)
     assert router.get_state(other, msg) == "WAITING"
     assert read_reason(router.store, other, msg.route_from) is None
+
+
+def test_route_and_load_errors_are_the_errors_python_code_expects() -> None:
+    """Decorator misuse is a TypeError and a failed import an ImportError, as Salmon code
+    (``except TypeError``) and Python's own conventions expect."""
+    from mailrouter import stateless
+    from mailrouter.errors import LoadError, RouteError
+
+    with pytest.raises(TypeError):
+        stateless(42)
+    assert issubclass(RouteError, TypeError) and issubclass(LoadError, ImportError)
+    with pytest.raises(ImportError):
+        Router().load(["no_such_handler_module_anywhere"])
