@@ -8,7 +8,9 @@ parent of the config folder), so ``run/`` and ``logs/`` sit beside ``config/``.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -34,6 +36,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8825
     unix_socket: str = ""
+    unix_socket_mode: str = "0660"
+    unix_socket_group: str = ""
     protocol: Literal["smtp", "lmtp"] = "smtp"
     hostname: str = ""
     max_message_size: int = 25 * 1024 * 1024
@@ -53,6 +57,8 @@ class Settings:
     defaults: Mapping[str, str] = field(default_factory=dict)
     lock_scope: Literal["key", "global"] = "key"
     executor_threads: int = 16
+    io_threads: int = 4
+    loop_block_warning: float = 1.0
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     workers: int = 1
     mode: Literal["direct", "spool"] = "direct"
@@ -74,6 +80,7 @@ class Settings:
     failed: str = "run/failed"
     templates: str = "templates"
     pid_file: str = "run/mailrouter.pid"
+    control_socket: str = "run/control.sock"
     log_file: str = "logs/mailrouter.log"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -104,6 +111,11 @@ class Settings:
         """Where the server listens, for logs and the status command."""
         return f"unix:{self.unix_socket}" if self.unix_socket else f"{self.host}:{self.port}"
 
+    @property
+    def unix_socket_gid(self) -> int:
+        """The group the Unix socket is given; -1 (chown's "unchanged"): the server's own."""
+        return _group_id(self.unix_socket_group) if self.unix_socket_group else -1
+
     def state_store_url(self) -> str:
         """The state URL with a relative file path (shelve, sqlite) made absolute."""
         return self._absolute(self.state_url)
@@ -120,8 +132,15 @@ class Settings:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-_AT_LEAST_ONE = {"workers", "spool_concurrency", "spool_max_attempts", "executor_threads"}
+_AT_LEAST_ONE = {
+    "workers",
+    "spool_concurrency",
+    "spool_max_attempts",
+    "executor_threads",
+    "io_threads",
+}
 _TYPES = get_type_hints(Settings)
+_OCTAL_MODE = re.compile(r"(?:0o)?([0-7]{1,4})")
 
 
 def load_settings(
@@ -206,6 +225,10 @@ def _check(name: str, value: Any, file: Path) -> Any:
         if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
             raise ConfigError(f"{where} must be a table of capture name = regex strings")
         return dict(value)
+    if name == "unix_socket_mode":
+        return _file_mode(value, where)
+    if name == "unix_socket_group":
+        return _group_name(value, where)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where} must be {kind.__name__}, not {type(value).__name__}")
     if kind in (int, float) and value < 0:
@@ -213,6 +236,35 @@ def _check(name: str, value: Any, file: Path) -> Any:
     if name in _AT_LEAST_ONE and value < 1:
         raise ConfigError(f"{where} must be at least 1")
     return value
+
+
+def _file_mode(value: Any, where: str) -> str:
+    """A permission mode, given as an octal string ("0660") or an int (TOML's 0o660), as "0660"."""
+    match = _OCTAL_MODE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if match:
+        value = int(match.group(1), 8)
+    if type(value) is not int or not 0 <= value <= 0o777:
+        raise ConfigError(f'{where} must be a permission mode in octal, such as "0660"')
+    return f"{value:04o}"
+
+
+def _group_name(value: Any, where: str) -> str:
+    """A group given by name or gid (TOML may give the gid as an int), checked to exist."""
+    if type(value) is int and value >= 0:
+        value = str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a group name or gid")
+    if value:
+        try:
+            _group_id(value)
+        except (KeyError, OverflowError):
+            raise ConfigError(f"{where}: unknown group {value!r}") from None
+    return value
+
+
+def _group_id(group: str) -> int:
+    """The gid of a group given by name or number; KeyError when there is no such group."""
+    return (grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)).gr_gid
 
 
 def handler_modules(settings: Settings) -> list[str]:

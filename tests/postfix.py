@@ -1,9 +1,10 @@
 """A throw-away Postfix instance in a temporary folder, for integration tests.
 
 Postfix listens on a free loopback port and relays ``router.test`` over SMTP and ``lmtp.test``
-over LMTP to servers on 127.0.0.1; mail for any other domain (such as bounces sent back to the
-test's sender) is discarded. See ``shared/POSTFIX.md``. Needs root and Debian's ``postfix``
-package (``.ci/install-postfix.sh``); never touches ``/etc/postfix/main.cf``.
+over LMTP to servers on 127.0.0.1 (or over LMTP to a Unix socket); mail for any other domain
+(such as bounces sent back to the test's sender) is discarded. See ``shared/POSTFIX.md``. Needs
+root and Debian's ``postfix`` package (``.ci/install-postfix.sh``); never touches
+``/etc/postfix/main.cf``.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ class PostfixInstance:
     """One Postfix in ``tmp_dir / "postfix"``: ``etc/``, ``queue/``, ``data/`` and ``postfix.log``.
 
     ``next_hop_port`` receives ``router.test`` over SMTP; ``lmtp_port`` (default: the same port)
-    receives ``lmtp.test`` over LMTP. ``smtp_port`` is Postfix's own SMTP listener.
+    receives ``lmtp.test`` over LMTP, or ``lmtp_socket`` does, a Unix socket path, when given
+    (Postfix's lmtp client, running as ``postfix``, must reach it: no chroot here).
+    ``smtp_port`` is Postfix's own SMTP listener.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class PostfixInstance:
         next_hop_port: int,
         *,
         lmtp_port: int | None = None,
+        lmtp_socket: Path | None = None,
         extra_main_cf: dict[str, str] | None = None,
         start_timeout: float = 30.0,
     ) -> None:
@@ -135,6 +139,7 @@ class PostfixInstance:
         self.log_path = self.directory / "postfix.log"
         self.next_hop_port = next_hop_port
         self.lmtp_port = next_hop_port if lmtp_port is None else lmtp_port
+        self.lmtp_socket = lmtp_socket
         self.extra_main_cf = dict(extra_main_cf or {})
         self.start_timeout = start_timeout
         self.smtp_port = 0
@@ -417,9 +422,12 @@ class PostfixInstance:
         return "\n".join(out) + "\n"
 
     def _transport(self) -> str:
+        lmtp = f"inet:[127.0.0.1]:{self.lmtp_port}"
+        if self.lmtp_socket is not None:
+            lmtp = f"unix:{self.lmtp_socket}"
         return (
             f"{SMTP_DOMAIN}  router:[127.0.0.1]:{self.next_hop_port}\n"
-            f"{LMTP_DOMAIN}  lmtp:inet:[127.0.0.1]:{self.lmtp_port}\n"
+            f"{LMTP_DOMAIN}  lmtp:{lmtp}\n"
             # Anything else (bounces to the test's sender) goes nowhere instead of to DNS.
             "*  discard:sink\n"
         )

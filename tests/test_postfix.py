@@ -1,4 +1,5 @@
-"""mailrouter behind a real Postfix: SMTP and LMTP next hop, deferral and retry, bounces.
+"""mailrouter behind a real Postfix: SMTP and LMTP next hop (LMTP also over a Unix socket),
+deferral and retry, bounces.
 
 Each test runs its own throw-away Postfix (``tests/postfix.py``) that relays ``router.test`` over
 SMTP and ``lmtp.test`` over LMTP to a mailrouter ``Server`` running on the test's event loop, and
@@ -16,7 +17,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from helpers import Sink, running, sink_server
@@ -77,9 +78,13 @@ def start_postfix(tmp_path: Path) -> Iterator[StartPostfix]:
     instances: list[PostfixInstance] = []
     with tempfile.TemporaryDirectory(prefix="mailrouter-postfix-") as folder:
 
-        async def start(next_hop_port: int, *, lmtp_port: int | None = None) -> PostfixInstance:
+        async def start(
+            next_hop_port: int, *, lmtp_port: int | None = None, lmtp_socket: Path | None = None
+        ) -> PostfixInstance:
             assert not instances, "one Postfix per test"
-            instance = PostfixInstance(Path(folder), next_hop_port, lmtp_port=lmtp_port)
+            instance = PostfixInstance(
+                Path(folder), next_hop_port, lmtp_port=lmtp_port, lmtp_socket=lmtp_socket
+            )
             instances.append(instance)
             await asyncio.to_thread(instance.start)
             return instance
@@ -93,12 +98,27 @@ def start_postfix(tmp_path: Path) -> Iterator[StartPostfix]:
                     shutil.copyfile(instance.log_path, tmp_path / "postfix.log")
 
 
+@pytest.fixture
+def socket_folder() -> Iterator[Path]:
+    """A folder for a Unix socket that Postfix's lmtp client, running as ``postfix``, can search
+    (not under ``tmp_path``, whose parents are 0700)."""
+    with tempfile.TemporaryDirectory(prefix="mailrouter-socket-") as folder:
+        Path(folder).chmod(0o711)
+        yield Path(folder)
+
+
 def mailrouter(
-    tmp_path: Path, app: str, *, port: int = 0, protocol: Literal["smtp", "lmtp"] = "smtp"
+    tmp_path: Path,
+    app: str,
+    *,
+    port: int = 0,
+    protocol: Literal["smtp", "lmtp"] = "smtp",
+    **settings: Any,
 ) -> AbstractAsyncContextManager[Server]:
-    """mailrouter's real server for ``app`` on 127.0.0.1, serving both test domains."""
+    """mailrouter's real server for ``app`` on 127.0.0.1 (or ``unix_socket``), serving both
+    test domains; ``settings`` are further settings."""
     domains = {"host": r"router\.test|lmtp\.test"}
-    return running(tmp_path, app, port=port, protocol=protocol, defaults=domains)
+    return running(tmp_path, app, port=port, protocol=protocol, defaults=domains, **settings)
 
 
 async def test_postfix_relays_over_smtp_to_the_handler(
@@ -143,6 +163,31 @@ async def test_postfix_relays_over_lmtp_with_one_reply_per_recipient(
         (both[1], "two recipients"),
         (ok, "one of two bounces"),
     ]
+
+
+async def test_postfix_lmtp_reaches_a_unix_socket_in_its_group_and_not_otherwise(
+    tmp_path: Path, app: str, start_postfix: StartPostfix, socket_folder: Path
+) -> None:
+    sock = socket_folder / "lmtp.sock"
+    postfix = await start_postfix(free_port(), lmtp_socket=sock)
+    rcpt = f"bob@{LMTP_DOMAIN}"
+    # Mode 0660 in the server's own group (root's here): Postfix's lmtp client may not connect.
+    async with mailrouter(tmp_path, app, protocol="lmtp", unix_socket=str(sock)):
+        queue_id = await postfix.asend(SENDER, rcpt, message("over a unix socket"))
+        deferred = await postfix.await_status(queue_id, rcpt, "deferred")
+    assert "Permission denied" in deferred
+    assert delivered(app) == []
+
+    async with mailrouter(
+        tmp_path, app, protocol="lmtp", unix_socket=str(sock), unix_socket_group="postfix"
+    ):
+        mark = postfix.log_mark()
+        await postfix.aflush()
+        line = await postfix.await_status(queue_id, rcpt, "sent", since=mark)
+        await postfix.await_log(rf"\b{queue_id}: removed\b", since=mark)
+    assert str(sock) in line
+    assert f"250 2.0.0 <{rcpt}>" in line
+    assert delivered(app) == [(rcpt, "over a unix socket")]
 
 
 async def test_postfix_defers_while_mailrouter_is_down_then_delivers_once(

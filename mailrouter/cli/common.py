@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from mailrouter.config import ENV_PREFIX, FIELDS, Settings, load_settings
-from mailrouter.errors import MailRouterError
+from mailrouter.errors import MailRouterError, StoreError
 from mailrouter.routing.router import Router
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,6 +29,9 @@ SETTING_HELP = {
     "host": "Address to listen on.",
     "port": "TCP port to listen on (0 picks a free one).",
     "unix_socket": "Listen on this Unix socket path instead of host and port.",
+    "unix_socket_mode": "Permissions of the Unix socket, in octal: connecting needs write (w).",
+    "unix_socket_group": "Group of the Unix socket, by name or gid (empty: the server's),"
+    " such as 'postfix' for Postfix's lmtp client.",
     "protocol": "Speak SMTP or LMTP.",
     "hostname": "Name announced in greetings (empty: this machine's name).",
     "max_message_size": "Largest message accepted, in bytes (0: no limit).",
@@ -46,7 +49,11 @@ SETTING_HELP = {
     "reject_unroutable": "Refuse recipients no route matches at RCPT time instead of queueing.",
     "handlers": "Handler modules to load (import strings), besides config/handlers/*.py.",
     "lock_scope": "Lock per sender and state key ('key') or one lock for all ('global').",
-    "executor_threads": "Threads that run plain (non-async) handlers and state store calls.",
+    "executor_threads": "Threads that run plain (non-async) handlers.",
+    "io_threads": "Threads for the server's own disk and store calls (journal, queues, spool,"
+    " states), apart from the handlers' threads.",
+    "loop_block_warning": "Warn, naming the handler, when the event loop is blocked this many"
+    " seconds (an async handler doing blocking work; 0: off).",
     "event_loop": "Event loop: 'auto' (uvloop when installed), 'asyncio' or 'uvloop'.",
     "workers": "Server processes sharing the port (more than 1 needs a shared state store).",
     "mode": "'direct': answer once the handlers ran; 'spool': once the message is on disk.",
@@ -71,6 +78,8 @@ SETTING_HELP = {
     "failed": "Maildir of outgoing mail refused for good or given up on.",
     "templates": "Folder of the templates that mailrouter.outbound.templates renders.",
     "pid_file": "Pid file of the running server.",
+    "control_socket": "Unix socket the command line asks the running server on (mode 0600;"
+    " '': off, and commands work on the files and by signals).",
     "log_file": "Log file of the server when it runs in the background.",
     "log_level": "Least important log messages written.",
     "log_format": "Log lines as 'text', or 'json': one object per line, one line per message.",
@@ -150,12 +159,35 @@ def _option_variables(command: click.Command | None) -> set[str]:
     return found
 
 
+def ask_server(settings: Settings, command: str, timeout: float | None = 30.0, **args: Any) -> Any:
+    """``command``'s result from the running server, over its control socket.
+
+    Raises ``NotListening`` when no server holds the lock or its control socket does not
+    answer (it is off, or the server is still starting): the caller works on the files.
+    """
+    from mailrouter.runtime import control, pidlock
+
+    if not settings.control_socket or pidlock.lock_holder(settings) is None:
+        raise control.NotListening(pidlock.not_running(settings))
+    path = settings.path(settings.control_socket)
+    return control.request(path, command, timeout, **args)
+
+
 @contextlib.contextmanager
 def open_router(settings: Settings, *, readonly: bool) -> Iterator[Router]:
     """A router built from the settings, closed (store and executor) afterwards."""
+    from mailrouter.runtime import pidlock
     from mailrouter.runtime.server import build_router
 
-    router = build_router(settings, readonly=readonly)
+    try:
+        router = build_router(settings, readonly=readonly)
+    except StoreError as exc:
+        if pidlock.lock_holder(settings) is None:
+            raise
+        raise MailRouterError(
+            f"{exc}: the running server does not answer on its control socket"
+            " (setting 'control_socket'); stop the server first (mailrouter stop)"
+        ) from None
     try:
         yield router
     finally:

@@ -1,7 +1,9 @@
 """``mailrouter gen``: create a new project with settings, a hello handler and its test.
 
-The handler and test are package data in ``templates/``; the settings file is written from the
-defaults of :class:`~mailrouter.config.Settings`, so it always lists every setting.
+The handler, its test and pytest's settings (``pyproject.toml``: the import path and
+pytest-asyncio's options, so that the test passes run alone, without warnings) are package data
+in ``templates/``; the settings file is written from the defaults of
+:class:`~mailrouter.config.Settings`, so it always lists every setting.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from mailrouter.cli.common import CLI_SETTINGS, setting_help
 from mailrouter.config import Settings
 from mailrouter.errors import MailRouterError
 
-GITIGNORE = "/run/\n/logs/\n__pycache__/\n"
+GITIGNORE = "/run/\n/logs/\n__pycache__/\n/.pytest_cache/\n"
 
 
 @click.command()
@@ -30,6 +32,7 @@ def gen(path: str) -> None:
         "config/mailrouter.toml": _config_template(),
         "config/handlers/hello.py": _template("hello.py.tmpl"),
         "tests/test_hello.py": _template("test_hello.py.tmpl"),
+        "pyproject.toml": _template("pyproject.toml.tmpl"),
         ".gitignore": GITIGNORE,
     }
     for name, text in files.items():

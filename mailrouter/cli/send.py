@@ -1,4 +1,7 @@
-"""``mailrouter send`` and ``sendmail``: hand a message to a server over SMTP or LMTP."""
+"""``mailrouter send`` and ``sendmail``: hand a message to a server over SMTP or LMTP.
+
+By default to the project's own server: its host and port (or Unix socket) and protocol.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import re
 import smtplib
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
@@ -15,39 +19,39 @@ from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-from mailrouter.cli.common import F, describe_os_error
-from mailrouter.config import ENV_PREFIX
+from mailrouter.cli.common import F, config_option, describe_os_error, project_settings
+from mailrouter.config import ENV_PREFIX, load_settings
 from mailrouter.errors import MailRouterError
+
+_TIMEOUT = 60.0  # seconds each step of the conversation may take
+_LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # listening on every address
 
 
 def _client_options(func: F) -> F:
-    """The ``--host``, ``--port`` and ``--lmtp`` options: where and how to send."""
+    """``--config``, ``--host``, ``--port`` and ``--lmtp/--smtp``: where and how to send.
+
+    What is not given comes from the project's settings (its file and ``MAILROUTER_*``).
+    """
     for decorator in reversed(
         [
+            config_option,
             click.option(
                 "--host",
-                default="127.0.0.1",
-                show_default=True,
-                envvar=f"{ENV_PREFIX}HOST",
-                show_envvar=True,
-                help="Server to send to.",
+                help="Server to send to.  [default: the project's host, or its unix_socket]",
             ),
             click.option(
                 "--port",
                 type=click.IntRange(1, 65535),
-                default=8825,
-                show_default=True,
-                envvar=f"{ENV_PREFIX}PORT",
-                show_envvar=True,
-                help="Port of the server.",
+                help="Port of the server.  [default: the project's port]",
             ),
             click.option(
-                "--lmtp",
-                is_flag=True,
+                "--lmtp/--smtp",
+                default=None,
                 envvar=f"{ENV_PREFIX}SEND_LMTP",
                 show_envvar=True,
-                help="Speak LMTP instead of SMTP.",
+                help="Speak LMTP or SMTP.  [default: the project's protocol]",
             ),
         ]
     ):
@@ -55,18 +59,85 @@ def _client_options(func: F) -> F:
     return func
 
 
+class _UnixSMTP(smtplib.LMTP):
+    """An SMTP client on a Unix socket (smtplib's LMTP client can reach one; SMTP's cannot)."""
+
+    ehlo_msg = "ehlo"
+
+
+@dataclass(frozen=True)
+class _Server:
+    """Where to send: ``host`` and ``port``, or a Unix socket (``host`` its path, port 0)."""
+
+    host: str
+    port: int
+    lmtp: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port}" if self.port else f"unix:{self.host}"
+
+    def connect(self) -> smtplib.SMTP:
+        """A client connected to the server, past its greeting."""
+        if self.lmtp:
+            return smtplib.LMTP(self.host, self.port, timeout=_TIMEOUT)
+        client_class = smtplib.SMTP if self.port else _UnixSMTP
+        return client_class(self.host, self.port, timeout=_TIMEOUT)
+
+
+def _server(
+    ctx: click.Context, config: str, host: str | None, port: int | None, lmtp: bool | None
+) -> _Server:
+    """The server the options name; what they leave out, the project's settings say.
+
+    A project that listens on a Unix socket is sent to there, unless ``--host`` or ``--port``
+    is given. Without a config folder (none at the default place), the defaults and the
+    environment are the settings.
+    """
+    folder = Path(config)
+    if folder.is_dir() or ctx.get_parameter_source("config") != ParameterSource.DEFAULT:
+        settings = project_settings(config)
+    else:
+        settings = load_settings(folder.absolute())
+    lmtp = settings.protocol == "lmtp" if lmtp is None else lmtp
+    if host is None and port is None and settings.unix_socket:
+        return _Server(str(settings.path(settings.unix_socket)), 0, lmtp)
+    port = settings.port if port is None else port
+    if not port:
+        raise MailRouterError("the project's port is 0 (any free one): pass --port")
+    return _Server(
+        _LOOPBACK.get(settings.host, settings.host) if host is None else host, port, lmtp
+    )
+
+
+def _greet(client: smtplib.SMTP, server: _Server) -> None:
+    """LHLO (LMTP), or EHLO then HELO (SMTP). "Command unknown" (500, 502) is what a server of
+    the other protocol answers: say so."""
+    code, text = client.ehlo()
+    if not server.lmtp and not 200 <= code < 300:
+        code, text = client.helo()
+    if 200 <= code < 300:
+        return
+    if code in (500, 502):
+        refused, other = ("LHLO", "smtp") if server.lmtp else ("EHLO and HELO", "lmtp")
+        raise MailRouterError(
+            f"{server.label} refused {refused} ({code} {_text(text)}):"
+            f" is it an {other.upper()} server? Try --{other}"
+        )
+    raise smtplib.SMTPHeloError(code, text)
+
+
 def _transmit(
-    host: str, port: int, lmtp: bool, sender: str, recipients: Sequence[str], data: bytes
+    server: _Server, sender: str, recipients: Sequence[str], data: bytes
 ) -> list[tuple[str, int, str]]:
     """Send ``data``; the replies that matter as (whose, code, text): refusals, then DATA's.
 
     ``whose`` is empty for the single answer to DATA in SMTP; LMTP answers per recipient.
     """
     replies: list[tuple[str, int, str]] = []
-    client_class = smtplib.LMTP if lmtp else smtplib.SMTP
     try:
-        with client_class(host, port, timeout=60) as client:
-            client.ehlo_or_helo_if_needed()
+        with server.connect() as client:
+            _greet(client, server)
             code, text = client.mail(sender)
             if code != 250:
                 return [(f"sender <{sender}>", code, _text(text))]
@@ -79,18 +150,18 @@ def _transmit(
                     replies.append((f"<{rcpt}>", code, _text(text)))
             if accepted:
                 answers = [client.data(data)]
-                answers += [client.getreply() for _ in accepted[1:]] if lmtp else []
-                whose = [f"<{rcpt}>" for rcpt in accepted] if lmtp else [""]
+                answers += [client.getreply() for _ in accepted[1:]] if server.lmtp else []
+                whose = [f"<{rcpt}>" for rcpt in accepted] if server.lmtp else [""]
                 replies += [
                     (who, code, _text(text))
                     for who, (code, text) in zip(whose, answers, strict=True)
                 ]
     except smtplib.SMTPResponseException as exc:
         raise MailRouterError(
-            f"{host}:{port} answered {exc.smtp_code} {_text(exc.smtp_error)}"
+            f"{server.label} answered {exc.smtp_code} {_text(exc.smtp_error)}"
         ) from None
     except OSError as exc:  # smtplib's other errors are OSErrors too
-        raise MailRouterError(f"cannot send to {host}:{port}: {describe_os_error(exc)}") from None
+        raise MailRouterError(f"cannot send to {server.label}: {describe_os_error(exc)}") from None
     return replies
 
 
@@ -139,11 +210,13 @@ def send(
     subject: str,
     body: str,
     attach: tuple[str, ...],
-    host: str,
-    port: int,
-    lmtp: bool,
+    config: str,
+    host: str | None,
+    port: int | None,
+    lmtp: bool | None,
 ) -> None:
     """Compose a message and send it to a server; print its reply."""
+    server = _server(ctx, config, host, port, lmtp)
     message = EmailMessage()
     message["From"] = sender
     message["To"] = ", ".join(recipients)
@@ -160,7 +233,7 @@ def send(
             Path(name).read_bytes(), maintype, subtype, filename=os.path.basename(name)
         )
     data = message.as_bytes(policy=SMTP_POLICY)
-    _report(ctx, _transmit(host, port, lmtp, sender, recipients, data))
+    _report(ctx, _transmit(server, sender, recipients, data))
 
 
 @click.command()
@@ -179,15 +252,17 @@ def sendmail(
     ctx: click.Context,
     recipients: tuple[str, ...],
     sender: str | None,
-    host: str,
-    port: int,
-    lmtp: bool,
+    config: str,
+    host: str | None,
+    port: int | None,
+    lmtp: bool | None,
 ) -> None:
     """Send the message on stdin, as is, to the RECIPIENTs."""
+    server = _server(ctx, config, host, port, lmtp)
     data = sys.stdin.buffer.read()
     data = re.sub(rb"\r?\n", b"\r\n", data)
     if sender is None:
         sender = parseaddr(str(BytesHeaderParser().parsebytes(data).get("From", "")))[1]
         if not sender:
             raise MailRouterError("no sender: the message has no From address; pass --from")
-    _report(ctx, _transmit(host, port, lmtp, sender, recipients, data))
+    _report(ctx, _transmit(server, sender, recipients, data))
