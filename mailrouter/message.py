@@ -4,13 +4,36 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from email import message_from_bytes, policy
+from email.errors import MessageDefect
 from email.message import EmailMessage, Message
+from email.parser import BytesParser
 from typing import Any
 
 _NEEDS_PARSING = re.compile(r'[<>"(),;:\\\s]')
+
+#: The deepest nesting of multipart and message/* parts that is parsed and accepted (Postfix's
+#: ``mime_nesting_limit``). Mail clients nest a handful; the email package's parser recurses on
+#: each level, slows quadratically and fails with RecursionError some hundreds of levels down.
+MAX_NESTING = 100
+
+_CONTENT_TYPE = rb"[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-[Tt][Yy][Pp][Ee][ \t]*:"  # faster than re.I
+# A Content-Type header (group 1: its value, folded lines included) or a boundary delimiter line
+# (group 2: what follows its "--"), at a line start
+_EVENT = _CONTENT_TYPE + rb"([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)|--([^\r\n]*)"
+_FIRST_EVENT = re.compile(_EVENT)
+_EVENTS = re.compile(rb"\n(?:" + _EVENT + rb")")  # a literal first byte: the search skips ahead
+_CONTAINER = re.compile(rb"\s*(multipart|message)\s*/", re.IGNORECASE)
+_BOUNDARY = re.compile(rb'[;\s]boundary\s*=\s*("[^"]*"|[^\s;]+)', re.IGNORECASE)
+# A Content-Type header that may open a level (after a line end: the first line is not seen)
+_DECLARATION = re.compile(
+    rb"\n"
+    + _CONTENT_TYPE
+    + rb"\s*[Mm](?:[Uu][Ll][Tt][Ii][Pp][Aa][Rr][Tt]|[Ee][Ss][Ss][Aa][Gg][Ee])"
+)
 
 Peer = Any  # a (host, port) tuple for TCP, a path string for a Unix socket, or None
 
@@ -62,12 +85,82 @@ def header_section(data: bytes) -> bytes:
     return data[: min(ends) + 1] if ends else data
 
 
+def nested_too_deep(data: bytes) -> bool:
+    """True when the MIME parts of ``data`` nest more than ``MAX_NESTING`` levels deep.
+
+    A scan of Content-Type headers and boundary lines, not a parse: a multipart with a
+    boundary, or a message/* part, opens a level; a boundary line closes the levels opened in
+    its multipart's last part (and that multipart too at its end), as the parser's do.
+    """
+    # each level needs a Content-Type header of its own: with fewer than the limit after a line
+    # end (the first line may add one), which is any mail but one of very many parts, the
+    # count is all, and it takes no Python step per line
+    declared = itertools.islice(_DECLARATION.finditer(data), MAX_NESTING)
+    if sum(1 for _ in declared) < MAX_NESTING:
+        return False
+    levels: list[bytes | None] = []  # each open multipart's boundary; None for a message/*
+    first = _FIRST_EVENT.match(data)
+    for event in itertools.chain([first] if first else [], _EVENTS.finditer(data)):
+        value, delimiter = event.groups()
+        if delimiter is not None:
+            if levels:
+                _close(levels, delimiter.rstrip(b" \t"))
+            continue
+        container = _CONTAINER.match(value)
+        if container is None:
+            continue
+        if container[1].lower() == b"message":
+            levels.append(None)
+        elif (boundary := _BOUNDARY.search(value)) is not None:
+            levels.append(boundary[1].strip(b'"').rstrip())
+        else:
+            continue  # a multipart without a boundary is parsed as one text part
+        if len(levels) > MAX_NESTING:
+            return True
+    return False
+
+
+def _close(levels: list[bytes | None], line: bytes) -> None:
+    """The delimiter line ``--line``: close the levels inside the innermost multipart it
+    belongs to, and that multipart too when the line ends it (``--boundary--``)."""
+    for depth in range(len(levels) - 1, -1, -1):
+        boundary = levels[depth]
+        if boundary is None:
+            continue
+        if line == boundary:
+            del levels[depth + 1 :]
+            return
+        if line == boundary + b"--":
+            del levels[depth:]
+            return
+
+
+def _parse(data: bytes) -> EmailMessage:
+    """``data`` parsed; when its parts nest too deep to parse, only its header section (the
+    body is the payload, unparsed), with a defect saying so."""
+    if not nested_too_deep(data):
+        try:
+            parsed = message_from_bytes(data, policy=policy.default)
+        except RecursionError:  # nesting the scan does not see (bare CR line ends, say)
+            pass
+        else:
+            assert isinstance(parsed, EmailMessage)
+            return parsed
+    header = BytesParser(policy=policy.default).parsebytes(data, headersonly=True)
+    assert isinstance(header, EmailMessage)
+    header.defects.append(
+        MessageDefect(f"body not parsed: MIME parts nest over {MAX_NESTING} levels deep")
+    )
+    return header
+
+
 class MailRequest:
     """A received message: envelope (peer, sender, recipients) plus the original bytes.
 
     The bytes are kept exactly as received in ``data``; the parsed ``EmailMessage`` is built on
     first access (most handlers only look at the envelope) and reused afterwards. Nothing in here
-    raises on broken input: malformed MIME is reported by the ``email`` package as defects.
+    raises on broken input: malformed MIME is reported by the ``email`` package as defects, and
+    of a message whose parts nest over ``MAX_NESTING`` deep only the header section is parsed.
     """
 
     __slots__ = (
@@ -129,12 +222,10 @@ class MailRequest:
 
     @property
     def message(self) -> EmailMessage:
-        """The parsed message (``email.policy.default``), parsed on first access."""
+        """The parsed message (``email.policy.default``), parsed on first access, once."""
         parsed = self._parsed.message
         if parsed is None:
-            parsed = message_from_bytes(self.data, policy=policy.default)
-            assert isinstance(parsed, EmailMessage)
-            self._parsed.message = parsed
+            parsed = self._parsed.message = _parse(self.data)
         return parsed
 
     def __getitem__(self, name: str) -> str | None:

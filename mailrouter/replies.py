@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mailrouter.errors import Status
+from mailrouter.message import MAX_NESTING
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,16 @@ INSUFFICIENT_STORAGE = _reply(
 TOO_MANY_RECIPIENTS = _reply(Status.INSUFFICIENT_STORAGE, "4.5.3 Too many recipients")
 HEADER_TOO_LARGE = _reply(Status.SIZE_EXCEEDED, "5.3.4 Message header too large")
 MAIL_LOOP = _reply(Status.TRANSACTION_FAILED, "5.4.6 Too many hops: mail loop detected")
+# RFC 3463's "other media error": Postfix's reply to its mime_nesting_limit too
+NESTING_TOO_DEEP = _reply(
+    Status.TRANSACTION_FAILED, f"5.6.0 MIME nesting exceeds {MAX_NESTING} levels"
+)
 BAD_SENDER = _reply(Status.SYNTAX_ERROR, "5.1.7 Bad sender address syntax")
 BAD_RECIPIENT = _reply(Status.SYNTAX_ERROR, "5.1.3 Bad recipient address syntax")
+# RFC 6531 3.5: a non-ASCII address in a transaction not begun with MAIL ... SMTPUTF8
+NON_ASCII_ADDRESS = _reply(
+    Status.MAILBOX_NAME_NOT_ALLOWED, "5.6.7 Non-ASCII address without SMTPUTF8"
+)
 SENDER_OK = _reply(Status.OK, "2.1.0 Sender OK")
 RECIPIENT_OK = _reply(Status.OK, "2.1.5 Recipient OK")
 SHUTTING_DOWN = _reply(Status.SERVICE_UNAVAILABLE, "4.3.2 Service shutting down, try again later")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from email.message import EmailMessage
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailrouter import MailRequest
-from mailrouter.message import normalize_address
+from mailrouter.message import MAX_NESTING, nested_too_deep, normalize_address
 
 MULTIPART = (
     b"From: Ann <ann@x.org>\r\nTo: list@example.com\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n"
@@ -98,6 +99,68 @@ def test_broken_mime_bad_charsets_and_8bit_headers_do_not_raise() -> None:
         msg = request(data)
         exercise(msg)
         assert msg.data == data
+
+
+def nested(depth: int, newline: bytes = b"\r\n") -> bytes:
+    """``depth`` multiparts, each inside the one before (boundaries in both quoting styles,
+    folded or not), around a text part."""
+    opening = b'Content-Type: multipart/mixed;\n\tboundary="b%d"\n\n--b%d  \n'
+    closing = b"--b%d--\n"
+    levels = [(opening if i % 2 else opening.replace(b'"', b"")) % (i, i) for i in range(depth)]
+    data = (
+        b"Subject: deep\nMIME-Version: 1.0\n"
+        + b"".join(levels)
+        + b"Content-Type: text/plain\n\nleaf\n"
+        + b"".join(closing % i for i in reversed(range(depth)))
+    )
+    return data.replace(b"\n", newline)
+
+
+DIGEST = (  # a digest of many messages, each a multipart, some without their end line
+    b"Content-Type: multipart/digest; boundary=D\r\n\r\n"
+    + b"".join(
+        b"--D\r\nContent-Type: message/rfc822\r\n\r\nSubject: %d\r\n"
+        b"Content-Type: multipart/alternative; boundary=A%d\r\n\r\n--A%d\r\n\r\ntext\r\n"
+        b"%s" % (i, i, i, b"--A%d--\r\n" % i if i % 3 else b"")
+        for i in range(3 * MAX_NESTING)
+    )
+    + b"--D--\r\n"
+)
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n"], ids=["crlf", "lf"])
+def test_nesting_is_counted_as_the_parser_nests(newline: bytes) -> None:
+    assert not nested_too_deep(nested(MAX_NESTING, newline))
+    assert nested_too_deep(nested(MAX_NESTING + 1, newline))
+    assert nested_too_deep(b"Content-Type: message/rfc822\r\n\r\n" * (MAX_NESTING + 1))
+    assert not nested_too_deep(b"Content-Type: message/rfc822\r\n\r\n" * MAX_NESTING)
+    assert not nested_too_deep(DIGEST)  # 300 messages, 900 parts, 3 levels
+    assert not nested_too_deep(MULTIPART) and not nested_too_deep(BOUNCE)
+    assert len(list(request(DIGEST).walk())) == 1 + 3 * MAX_NESTING * 3
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        nested(MAX_NESTING + 1),
+        nested(2500),  # 174 KB: the email package's parser fails with RecursionError
+        nested(2500, b"\r"),  # bare CR line ends, which the scan does not see: the parser fails
+        b"Content-Type: message/rfc822\r\n\r\n" * 2500,
+    ],
+    ids=["multipart-101", "multipart-2500", "bare-cr-2500", "message-2500"],
+)
+def test_parts_nested_too_deep_are_parsed_once_as_the_header(data: bytes) -> None:
+    msg = request(data)
+    parsed = msg.message
+    assert parsed.defects[-1].args == (
+        f"body not parsed: MIME parts nest over {MAX_NESTING} levels deep",
+    )
+    exercise(msg)
+    assert msg["Subject"] in ("deep", None) and msg["X"] is None and msg.body() is None
+    assert list(msg.walk()) == [parsed] and list(msg.attachments()) == []
+    body = parsed.get_payload()
+    assert body and data.endswith(body.encode())  # the body is kept, as it is
+    assert msg.message is parsed and msg.for_recipient("b@x.org").message is parsed  # once
 
 
 def exercise(msg: MailRequest) -> None:

@@ -1,7 +1,8 @@
 """One SMTP or LMTP session: aiosmtpd's protocol with mailrouter's limits and reply hygiene.
 
 Every error reply gets an enhanced status code, no reply echoes control characters or
-undecodable bytes, malformed paths are syntax errors, and a session is closed with a reason
+undecodable bytes, malformed paths are syntax errors, a non-ASCII address needs SMTPUTF8,
+command lines are held to 512 octets with their CRLF, and a session is closed with a reason
 (idle, too long, too many errors, shutting down) once any message in delivery is answered.
 Sessions see the server only through a small ``ServerState``: the open sessions, whether it is
 draining, and its limits.
@@ -20,6 +21,7 @@ from aiosmtpd.lmtp import LMTP
 from mailrouter import replies
 from mailrouter.inbound.wire import FastSMTP
 
+_MALFORMED = "553 5.1.3 Error: malformed address"  # aiosmtpd's reply to a path it cannot parse
 _BAD_ADDRESS = {"MAIL": str(replies.BAD_SENDER), "RCPT": str(replies.BAD_RECIPIENT)}
 
 
@@ -54,6 +56,7 @@ class SMTPSession(FastSMTP):
     """aiosmtpd's SMTP session with mailrouter's limits, enhanced codes and graceful closing."""
 
     server_state: ServerState  # set by the server's session factory
+    command_size_limit = 510  # aiosmtpd counts without the CRLF: RFC 5321's 512 octets with it
     delivering = False  # a message is in the handler: closing waits for its reply
     _command = ""  # MAIL or RCPT while aiosmtpd handles one
     _tracked = False
@@ -85,6 +88,11 @@ class SMTPSession(FastSMTP):
             self._command = ""
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        if command in ("MAIL", "RCPT"):
+            # aiosmtpd has parsed the path and MAIL's SMTPUTF8 by now, but takes any address
+            assert self.envelope is not None
+            if not args[0].isascii() and not self.envelope.smtp_utf8:
+                return str(replies.NON_ASCII_ADDRESS)
         if command != "DATA":
             return await super()._call_handler_hook(command, *args)
         self.delivering = True
@@ -155,7 +163,7 @@ class SMTPSession(FastSMTP):
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
-            if status.startswith("553") and self._command:  # aiosmtpd's "malformed address"
+            if status == _MALFORMED and self._command:
                 status = _BAD_ADDRESS[self._command]
             lines = status.split("\r\n")
             status = "\r\n".join(replies.clean(line) for line in lines)
@@ -172,6 +180,10 @@ class LMTPSession(SMTPSession, LMTP):
     """The LMTP variant: LHLO instead of EHLO, and one reply per recipient after DATA."""
 
     _replies_due = 0  # after the 354: how many replies the end of DATA owes the client
+
+    async def smtp_LHLO(self, arg: str) -> None:
+        self.command_size_limits.clear()  # aiosmtpd's LHLO is its EHLO, not SMTPSession's
+        await super().smtp_LHLO(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
         try:

@@ -24,6 +24,7 @@ import pytest
 from helpers import RECORDING, Client, running, until
 
 from mailrouter import MailRequest
+from mailrouter.message import MAX_NESTING
 from mailrouter.queue import Queue
 from mailrouter.runtime.server import Server
 
@@ -183,8 +184,13 @@ async def test_replies_never_echo_control_bytes(tmp_path: Path, app: str) -> Non
 
 @pytest.mark.parametrize(
     "line",
-    [b"NOOP " + b"x" * 600, b"MAIL FROM:<" + b"a" * 600 + b"@x.org>", b"NOOP " + b"x" * 100_000],
-    ids=["noop-600", "mail-600", "noop-100k"],
+    [
+        b"NOOP " + b"x" * 506,  # 511 + CRLF: one over
+        b"NOOP " + b"x" * 600,
+        b"MAIL FROM:<" + b"a" * 600 + b"@x.org>",
+        b"NOOP " + b"x" * 100_000,
+    ],
+    ids=["noop-513", "noop-600", "mail-600", "noop-100k"],
 )
 async def test_command_lines_over_512_octets(tmp_path: Path, app: str, line: bytes) -> None:
     async with hostile_session(tmp_path, app) as (_, client):
@@ -193,14 +199,19 @@ async def test_command_lines_over_512_octets(tmp_path: Path, app: str, line: byt
         assert (await client.command("NOOP")).startswith("250 ")
 
 
+@pytest.mark.parametrize(("protocol", "hello"), [("smtp", "EHLO"), ("lmtp", "LHLO")])
 async def test_repeated_ehlo_does_not_raise_the_command_line_limit(
-    tmp_path: Path, app: str
+    tmp_path: Path, app: str, protocol: str, hello: str
 ) -> None:
-    async with hostile_session(tmp_path, app) as (_, client):
+    async with running(tmp_path, app, protocol=protocol) as server:
+        client = await greeted(server, hello=None)
         for _ in range(20):
-            assert (await client.command("EHLO again.example")) == "250 HELP"
-        line = b"MAIL FROM:<" + b"a" * 580 + b"@x.org>"  # 598 octets: over 512 + 26 + 10
+            assert (await client.command(f"{hello} again.example")) == "250 HELP"
+        line = b"MAIL FROM:<" + b"a" * 529 + b"@x.org>"  # with CRLF, one over 512 + 26 + 10
         assert (await client.raw(line)).startswith("500 5.5.2 ")
+        at_the_limit = line.replace(b"aa@", b"a@")  # one octet shorter
+        assert (await client.raw(at_the_limit)).startswith("250 2.1.0 ")
+        await client.close()
 
 
 @pytest.mark.parametrize(
@@ -402,6 +413,25 @@ async def test_unusual_but_valid_addresses(
     assert message.is_bounce() == (sender == "")
 
 
+@pytest.mark.parametrize(("protocol", "hello"), [("smtp", "EHLO utf8.example"), ("lmtp", "LHLO x")])
+async def test_non_ascii_addresses_need_smtputf8(
+    tmp_path: Path, app: str, protocol: str, hello: str
+) -> None:
+    async with running(tmp_path, app, protocol=protocol) as server:
+        client = await greeted(server, hello)
+        assert (await client.command("MAIL FROM:<jérôme@example.com>")).startswith("553 5.6.7 ")
+        assert (await client.command("MAIL FROM:<jerome@example.com>")).startswith("250 2.1.0")
+        assert (await client.command("RCPT TO:<ünï@example.com>")).startswith("553 5.6.7 ")
+        assert (await client.raw(b"RCPT TO:<\xff@example.com>")).startswith("553 5.6.7 ")
+        assert (await client.command("RCPT TO:<uni@example.com>")).startswith("250 2.1.5")
+        assert (await client.command("RSET")).startswith("250 ")
+        await envelope(client, "jérôme@example.com", ["ünï@example.com"], " SMTPUTF8")
+        assert (await deliver(client, b"Subject: utf8\r\n\r\nx\r\n")).startswith("250 2.0.0")
+        await client.close()
+    (message,) = [m for m in received(app) if m.data == b"Subject: utf8\r\n\r\nx\r\n"]
+    assert (message.sender, message.recipients) == ("jérôme@example.com", ["ünï@example.com"])
+
+
 @pytest.mark.parametrize(
     ("lines", "replies"),
     [
@@ -471,14 +501,19 @@ async def test_smtp_smuggling_and_bare_line_ends(tmp_path: Path, app: str, body:
     assert message.data == unstuff(body)
 
 
-_NESTED = (
-    b"".join(
-        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
-        for i in range(200)
+def nested(depth: int) -> bytes:
+    """A message of ``depth`` multiparts, each inside the one before, around a text part."""
+    return (
+        b"Subject: deep\r\nMIME-Version: 1.0\r\n"
+        + b"".join(
+            b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+            for i in range(depth)
+        )
+        + b"Content-Type: text/plain\r\n\r\nleaf\r\n"
+        + b"".join(b"--b%d--\r\n" % i for i in reversed(range(depth)))
     )
-    + b"Content-Type: text/plain\r\n\r\nleaf\r\n"
-    + b"".join(b"--b%d--\r\n" % i for i in reversed(range(200)))
-)
+
+
 _WORDS = (b"=?utf-8?b?w6k=?=", b"=?iso-8859-1?q?=E9?=", b"=?x-bogus?q?x?=", b"=?utf-8?b?!!?=")
 _MULTIPART = b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="XYZ"\r\n'
 BODIES = {
@@ -504,7 +539,7 @@ BODIES = {
     "encoded-word-bomb": b"Subject: "
     + b"\r\n ".join(_WORDS[i % len(_WORDS)] for i in range(5000))
     + b"\r\n\r\nbody\r\n",
-    "nested-200": b"Subject: deep\r\nMIME-Version: 1.0\r\n" + _NESTED,
+    "nested-to-the-limit": nested(MAX_NESTING),
     "broken-transfer-encodings": _MULTIPART
     + b"\r\n--XYZ\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
     b"!!!not base64@@@\r\n--XYZ\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -525,7 +560,24 @@ async def test_hostile_messages_reach_the_handler_byte_exact(
 
 
 @pytest.mark.parametrize(
-    ("length", "accepted"), [(998, True), (1200, False), (100_000, False)], ids=str
+    "data",
+    [
+        nested(MAX_NESTING + 1),
+        nested(2500),  # 174 KB: the email package's parser fails with RecursionError
+        b"Content-Type: message/rfc822\r\n\r\n" * 2500 + b"Subject: inner\r\n\r\nx\r\n",
+    ],
+    ids=["multipart-101", "multipart-2500", "message-2500"],
+)
+async def test_mime_nesting_over_the_limit(tmp_path: Path, app: str, data: bytes) -> None:
+    async with hostile_session(tmp_path, app) as (_, client):
+        await envelope(client, "deep@x.org", ["deep@example.com"])
+        assert (await deliver(client, data)) == "554 5.6.0 MIME nesting exceeds 100 levels"
+        assert (await client.command("NOOP")) == "250 OK"
+    assert not [m for m in received(app) if m.sender == "deep@x.org"]
+
+
+@pytest.mark.parametrize(  # line lengths without the CRLF
+    ("length", "accepted"), [(998, True), (999, False), (1200, False), (100_000, False)], ids=str
 )
 async def test_data_lines_over_1000_octets(
     tmp_path: Path, app: str, length: int, accepted: bool
@@ -758,7 +810,9 @@ async def test_lmtp_reply_for_a_non_utf8_recipient(
     data = b"Subject: lmtp\r\n\r\nx\r\n"
     async with running(tmp_path, app, protocol="lmtp") as server:
         client = await greeted(server, hello="LHLO lmtp.example")
-        assert (await client.command("MAIL FROM:<lmtp@x.org>")).startswith("250 2.1.0")
+        # SMTPUTF8: without it, a non-ASCII recipient gets 553 5.6.7 at RCPT, before any reply
+        # after DATA that would name it
+        assert (await client.command("MAIL FROM:<lmtp@x.org> SMTPUTF8")).startswith("250 2.1.0")
         assert (await client.raw(b"RCPT TO:<\xff@example.com>")).startswith("250 2.1.5")
         assert (await client.command("RCPT TO:<ok@example.com>")).startswith("250 2.1.5")
         assert (await client.command("DATA")).startswith("354 ")
@@ -775,7 +829,8 @@ async def test_reject_unroutable_with_a_non_utf8_recipient(
     tmp_path: Path, app: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with hostile_session(tmp_path, app, reject_unroutable=True) as (_, client):
-        assert (await client.command("MAIL FROM:<a@x.org>")).startswith("250 2.1.0")
+        # SMTPUTF8: without it, the address is refused (553 5.6.7) before the route check
+        assert (await client.command("MAIL FROM:<a@x.org> SMTPUTF8")).startswith("250 2.1.0")
         assert (await client.raw(b"RCPT TO:<x-\xff@elsewhere.example>")).startswith("550 5.1.1 ")
         assert internal_errors(caplog) == []
 
