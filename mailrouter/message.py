@@ -179,13 +179,13 @@ class MailRequest:
         self,
         peer: Peer,
         sender: str,
-        recipients: Sequence[str],
+        recipients: Sequence[str] | str,
         data: bytes,
         recipient: str | None = None,
     ) -> None:
         self.peer = peer
         self.sender = sender
-        self.recipients = list(recipients)
+        self.recipients = [recipients] if isinstance(recipients, str) else list(recipients)
         self.data = bytes(data)
         self.recipient = (
             recipient if recipient is not None else (self.recipients[0] if self.recipients else "")

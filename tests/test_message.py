@@ -202,3 +202,8 @@ def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     msg = MailRequest(None, "x@y", ["a@b"], data)
     exercise(msg)
     assert msg.data == data
+
+
+def test_a_single_recipient_given_as_a_string_is_one_recipient() -> None:
+    message = MailRequest(None, "a@example.org", "b@example.org", b"Subject: x\r\n\r\nbody\r\n")
+    assert message.recipients == ["b@example.org"] and message.recipient == "b@example.org"
