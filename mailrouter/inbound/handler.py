@@ -18,7 +18,7 @@ from mailrouter.inbound.outcome import DeliveryRecord, Observer
 from mailrouter.inbound.spool import Spool
 from mailrouter.inbound.wire import HookListing
 from mailrouter.journal import Journal
-from mailrouter.message import MailRequest, header_section, normalize_address
+from mailrouter.message import MailRequest, header_section, nested_too_deep, normalize_address
 from mailrouter.outbound import sender
 from mailrouter.outbound.dsn import delivery_report
 from mailrouter.replies import Reply
@@ -106,13 +106,15 @@ class Receiver(HookListing):
         if _hops(header) > self.settings.max_received_headers:
             log.warning("%s: mail loop from %r refused", message_id, request.sender)
             return self._reply(replies.MAIL_LOOP.to(request.recipients), message_id), None
+        if nested_too_deep(request.data):
+            return self._reply(replies.NESTING_TOO_DEEP.to(request.recipients), message_id), None
         self.in_flight += 1
         self.idle.clear()
         try:
             ledger = None
             if self.journal is not None:
                 ledger = await JournalLedger.begin(
-                    self.journal, request, helo, self.router.executor
+                    self.journal, request, helo, self.router.io_executor
                 )
             if self.spool is not None:
                 return await self._spool(self.spool, request, ledger, started), None

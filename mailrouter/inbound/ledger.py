@@ -5,7 +5,7 @@ finished (they are not run again: ``begin``, one read) and tells it the moment a
 handlers finish, before the next recipient is routed (``Journal.record``); ``settle`` then records
 the others (queued, refused, deferred or pending) and the reply, in one write
 (``Journal.finish``). A single-recipient message thus costs one read and one write. Every journal
-call runs in the executor: the loop never waits on disk.
+call runs in the given executor (the server's I/O threads): the loop never waits on disk.
 
 The one window left: a crash after a handler's side effect and before its record commits runs
 that handler again on the retry. For every recipient but the last that is one small write, well

@@ -7,12 +7,15 @@ the client can no longer be told goes to the undeliverable queue instead: a reci
 handler refused the message, the whole message when its handlers time out, and the whole
 message after ``max_attempts`` failed tries (their count is kept in the spool entry's name, so
 it survives a restart).
+
+The workers are supervised: one that fails (the spool's disk, say) logs the error, puts the
+entry back for later and waits a little, longer after each failure in a row; one that ends
+anyway is replaced. A stop lets each worker finish the entry it routes, and no more.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from mailrouter.errors import QueueError
@@ -52,11 +55,12 @@ class Spool:
         self.max_attempts = max_attempts
         self.undeliverable = router.undeliverable
         self.journal: Journal | None = None  # set by the server: recipients done are skipped
-        self._executor = router.executor
+        self._executor = router.io_executor
         self._waiting: asyncio.Queue[str] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._busy: set[asyncio.Task[None]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}  # key -> its next try
+        self._stopping = False
 
     async def accept(self, message: MailRequest) -> str:
         """Store ``message`` durably (QueueError if it cannot be) and schedule its delivery."""
@@ -72,21 +76,25 @@ class Spool:
             self._waiting.put_nowait(key)
         if left:
             log.info("delivering %d messages left in the spool", len(left))
-        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.concurrency)]
+        for _ in range(self.concurrency):
+            self._start_worker()
         return len(left)
 
     async def stop(self, timeout: float) -> None:
-        """Stop taking entries; let deliveries under way finish for up to ``timeout`` seconds.
-
-        What is not delivered stays in the spool for the next start.
-        """
+        """Stop taking entries at once; let the deliveries under way finish, for up to
+        ``timeout`` seconds. What is not delivered stays in the spool for the next start."""
+        self._stopping = True
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        for task in self._tasks:
-            if task not in self._busy:
-                task.cancel()
+        for task in self._tasks - self._busy:
+            task.cancel()
         if self._busy:
+            log.info(
+                "waiting up to %.0fs for %d messages being routed from the spool",
+                timeout,
+                len(self._busy),
+            )
             _, late = await asyncio.wait(self._busy, timeout=timeout)
             if late:
                 log.warning(
@@ -96,10 +104,7 @@ class Spool:
                 )
             for task in late:
                 task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
     def delivering(self) -> int:
@@ -110,28 +115,57 @@ class Spool:
         """How many messages wait to be routed (not counting those being routed)."""
         return self._waiting.qsize()
 
-    async def _work(self) -> None:
+    def _start_worker(self, pause: float = 0) -> None:
+        task = asyncio.create_task(self._work(pause))
+        self._tasks.add(task)
+        task.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """A worker ended: if by an error, and the spool is not stopping, start another after a
+        pause (a cancelled one was meant to end: by a stop, or the loop's own end)."""
+        self._tasks.discard(task)
+        if self._stopping or task.cancelled():
+            return
+        error = task.exception()
+        log.error("a spool worker ended (%r); starting another", error, exc_info=error)
+        self._start_worker(pause=_FIRST_RETRY)
+
+    async def _work(self, pause: float) -> None:
+        """Deliver entries until the spool stops. A failed entry is put back for later, and the
+        worker waits before it takes the next: longer after each failure in a row."""
         task = asyncio.current_task()
         assert task is not None
-        while True:
+        await asyncio.sleep(pause)
+        failures = 0
+        while not self._stopping:
             key = await self._waiting.get()
             self._busy.add(task)
             try:
                 await self._deliver(key)
-            except QueueError as exc:  # the entry stays claimed: recover() returns it at start
-                log.error("cannot finish or put back %s in the spool: %s", key, exc)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                log.error(
+                    "a spool worker failed on %s, trying it again in %.0fs: %s",
+                    key,
+                    _backoff(failures),
+                    exc,
+                    exc_info=not isinstance(exc, QueueError),
+                )
+                self._later(key, _backoff(failures))
             finally:
                 self._busy.discard(task)
+            if failures and not self._stopping:
+                await asyncio.sleep(_backoff(failures))
 
     async def _deliver(self, key: str) -> None:
-        """Claim and route one entry; then delete it, or put it back to be tried again."""
+        """Claim and route one entry; then delete it, or put it back to be tried again.
+
+        A QueueError leaves the entry waiting, or claimed (``recover`` returns it at start)."""
         try:
             entry = await run_blocking(self._executor, self.queue.claim, key)
         except KeyError:
             return  # already delivered
-        except QueueError as exc:
-            log.error("cannot read %s from the spool: %s", key, exc)
-            return
         failure = await self._route(entry)
         if failure is not None and entry.attempts + 1 >= self.max_attempts:
             reason = f"delivery failed {entry.attempts + 1} times, last: {failure}"
@@ -183,7 +217,7 @@ class Spool:
         """Put a claimed entry back, one more failed attempt counted in its name, and deliver it
         again after a delay that doubles with each attempt."""
         attempts = entry.attempts + 1
-        delay = min(_FIRST_RETRY * 2 ** min(attempts - 1, 16), _LAST_RETRY)
+        delay = _backoff(attempts)
         log.error(
             "delivery of %s from the spool failed (attempt %d of %d), retrying in %.0fs: %s",
             entry.key,
@@ -193,8 +227,18 @@ class Spool:
             failure,
         )
         key = await run_blocking(self._executor, self.queue.release, entry.key, attempts=attempts)
-        self._timers[key] = asyncio.get_running_loop().call_later(delay, self._requeue, key)
+        self._later(key, delay)
+
+    def _later(self, key: str, delay: float) -> None:
+        """Deliver ``key`` again in ``delay`` seconds (after a stop: at the next start)."""
+        if not self._stopping:
+            self._timers[key] = asyncio.get_running_loop().call_later(delay, self._requeue, key)
 
     def _requeue(self, key: str) -> None:
         self._timers.pop(key, None)
         self._waiting.put_nowait(key)
+
+
+def _backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failures in a row: 1, 2, 4 ... at most 5 minutes."""
+    return min(_FIRST_RETRY * 2.0 ** min(failures - 1, 16), _LAST_RETRY)

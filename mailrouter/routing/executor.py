@@ -1,6 +1,6 @@
 """How blocking work (disk, state stores, plain handlers) is called from async code.
 
-``run_blocking`` sends it to the executor, in a copy of the caller's context, so the
+``run_blocking`` sends it to an executor, in a copy of the caller's context, so the
 ContextVars the server sets (the relay, the template folder) reach it too. Code written once
 against ``Blocking`` can also run whole in an executor thread: given ``run_here``, it never
 suspends, and ``run_to_end`` drives it there without an event loop.
@@ -19,13 +19,20 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+def start_blocking(
+    executor: Executor | None, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+) -> asyncio.Future[T]:
+    """Start ``func(*args, **kwargs)`` in ``executor`` (None: the loop's default), in a copy of
+    the current contextvars context, as ``asyncio.to_thread`` does; the future of its result."""
+    call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+    return asyncio.get_running_loop().run_in_executor(executor, call)
+
+
 async def run_blocking(
     executor: Executor | None, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
 ) -> T:
-    """``func(*args, **kwargs)`` in ``executor`` (None: the loop's default), in a copy of the
-    current contextvars context, as ``asyncio.to_thread`` does for the default executor."""
-    call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(executor, call)
+    """``start_blocking`` and wait for the result."""
+    return await start_blocking(executor, func, *args, **kwargs)
 
 
 class Blocking(Protocol):

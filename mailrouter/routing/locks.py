@@ -1,16 +1,17 @@
 """The locks that keep one sender's transitions from interleaving.
 
 Within a process, tasks for the same (state key, sender) queue on an asyncio lock, so at most
-one of them at a time reaches the executor and the store's own lock. The store's lock then only
-ever waits for other processes (shared stores), and executor threads are never all parked on a
-lock whose holder needs a thread to release it.
+one of them at a time reaches the executor and the store's own lock; a handler thread that
+outlives its task (timed out) keeps the asyncio lock until it returns. The store's lock then
+only ever waits for other processes (shared stores), and threads are never parked on a lock
+whose holder needs a thread to release it, or is a hung handler.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from typing import Any
@@ -23,21 +24,42 @@ class KeyedAsyncLocks:
         self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, key: Hashable) -> AsyncIterator[None]:
-        """Hold the lock for ``key``."""
+    async def hold(self, key: Hashable) -> AsyncIterator[Callable[[asyncio.Future[Any]], None]]:
+        """Hold the lock for ``key``.
+
+        The block may pass the function it is given a future (a call running in a thread that
+        holds the key's store lock): if the block ends first (its task timed out), the key stays
+        locked until that future is done, so the key's next tasks wait here, on the loop, and
+        not each in a thread of its own.
+        """
         lock, users = self._locks.get(key, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
         self._locks[key] = (lock, users + 1)
+        kept: list[asyncio.Future[Any]] = []
         try:
-            async with lock:
-                yield
+            await lock.acquire()
+        except BaseException:
+            self._leave(key)
+            raise
+        try:
+            yield kept.append
         finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
+            if kept and not kept[-1].done():
+                kept[-1].add_done_callback(lambda _: self._release(key))
             else:
-                self._locks[key] = (lock, users - 1)
+                self._release(key)
+
+    def _release(self, key: Hashable) -> None:
+        self._locks[key][0].release()
+        self._leave(key)
+
+    def _leave(self, key: Hashable) -> None:
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
 
     def __len__(self) -> int:
         return len(self._locks)

@@ -1,6 +1,6 @@
 """The Router: loads handler modules, matches recipients, runs the per-sender state machines.
 
-About 440 lines, kept together on purpose: loading, matching and running share the route table
+About 490 lines, kept together on purpose: loading, matching and running share the route table
 and the state store, and the one routing step (pick the handler for the sender's state, run
 it, refuse, fail, transition) must be read in one place with the locks it runs under.
 """
@@ -24,10 +24,23 @@ from mailrouter.errors import LoadError, QueueError, SMTPError
 from mailrouter.message import MailRequest, normalize_address
 from mailrouter.queue import Queue
 from mailrouter.routing.decorators import HandlerSpec, Route, RouteTable, build_table, is_state
-from mailrouter.routing.executor import Blocking, run_blocking, run_here, run_to_end
+from mailrouter.routing.executor import (
+    Blocking,
+    run_blocking,
+    run_here,
+    run_to_end,
+    start_blocking,
+)
 from mailrouter.routing.locks import KeyedAsyncLocks, held_in_executor
 from mailrouter.routing.result import DeliveryResult, Ledger, RecipientOutcome, reply_for
-from mailrouter.state import ERROR, MemoryStorage, StateStorage
+from mailrouter.state import (
+    ERROR,
+    ErrorReason,
+    MemoryStorage,
+    StateStorage,
+    change_state,
+    record_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +118,11 @@ class Router:
         defaults: Mapping[str, str] | None = None,
         lock_scope: LockScope = "key",
         executor: Executor | None = None,
+        io_executor: Executor | None = None,
     ) -> None:
+        """``executor`` runs plain handlers; ``io_executor`` the router's other blocking calls
+        (the state store outside a plain handler's step, the undeliverable queue), apart, so
+        hung handlers cannot stall them (None: the loop's default executor)."""
         if lock_scope not in ("key", "global"):
             raise ValueError(f"lock_scope must be 'key' or 'global', not {lock_scope!r}")
         self.store: StateStorage = store if store is not None else MemoryStorage()
@@ -113,6 +130,7 @@ class Router:
         self.defaults: dict[str, str] = dict(defaults or {})
         self.lock_scope = lock_scope
         self.executor = executor
+        self.io_executor = io_executor
         self._table = RouteTable()
         self._local_locks = KeyedAsyncLocks()
         self._queue_failing = False
@@ -191,6 +209,11 @@ class Router:
                 stateful_found = True
         return chosen
 
+    @property
+    def state_key_modules(self) -> tuple[str, ...]:
+        """The loaded modules whose state keys a ``state_key_generator`` makes."""
+        return tuple(self._table.state_keys)
+
     # -- state -----------------------------------------------------------------------------
 
     def state_key(self, module_name: str, message: MailRequest) -> str:
@@ -203,19 +226,21 @@ class Router:
         return self.store.get(self.state_key(module_name, message), message.route_from)
 
     def set_state(self, module_name: str, message: MailRequest, state: str) -> None:
-        """Put ``module_name`` into ``state`` for the message's sender."""
-        self.store.set(self.state_key(module_name, message), message.route_from, state)
+        """Put ``module_name`` into ``state`` for the message's sender (out of ERROR: its
+        reason is dropped)."""
+        change_state(self.store, self.state_key(module_name, message), message.route_from, state)
 
     def clear_states(self) -> None:
         """Forget every sender's state."""
         self.store.clear()
 
     def close(self) -> None:
-        """Close the state store and shut down the executor the router was given, without
+        """Close the state store and shut down the executors the router was given, without
         waiting for a handler that hangs (the drain has already waited what it may)."""
         self.store.close()
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self.executor, self.io_executor):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
 
     def _in_state(self, handler: HandlerSpec, message: MailRequest) -> bool:
         return self.get_state(handler.module, message) == handler.name
@@ -223,7 +248,12 @@ class Router:
     # -- delivery --------------------------------------------------------------------------
 
     async def deliver(
-        self, message: MailRequest, *, keep_refused: bool = False, ledger: Ledger | None = None
+        self,
+        message: MailRequest,
+        *,
+        keep_refused: bool = False,
+        ledger: Ledger | None = None,
+        queue_unhandled: bool = True,
     ) -> DeliveryResult:
         """Route ``message`` to every envelope recipient's handlers; queue what none handled.
 
@@ -232,6 +262,7 @@ class Router:
         failure. ``keep_refused`` queues the recipients a handler refused too (when no client
         can be told). With a ``ledger``, recipients it says are done are not run again, and each
         recipient whose handlers finish is recorded in it before the next one is routed.
+        Without ``queue_unhandled`` nothing is queued: the result says what was not handled.
         """
         outcomes: dict[str, RecipientOutcome] = {}  # by normalised address: duplicates route once
         per_recipient: list[tuple[str, RecipientOutcome]] = []
@@ -253,7 +284,7 @@ class Router:
             if (reason := outcome.queue_reason or _refused(outcome, keep_refused)) is not None
         }
         queue_key, queue_error = None, None
-        if reasons and self.undeliverable is not None:
+        if reasons and queue_unhandled and self.undeliverable is not None:
             try:
                 queue_key = await self._blocking(self.undeliverable.push, message, reasons)
             except QueueError as exc:
@@ -337,34 +368,47 @@ class Router:
                 return None
             if picked.handler.nolocking:
                 return await self._run(choice.only(picked), message, unlocked)
-        if self.lock_scope == "global":
+        if self.lock_scope == "global":  # not held past a timeout: that would stall every sender
             async with self._local_locks.hold(None):
                 return await self._run(choice, message, contextlib.nullcontext())
-        async with self._local_locks.hold((choice.key, sender)):
-            return await self._run(choice, message, self.store.lock(choice.key, sender))
+        async with self._local_locks.hold((choice.key, sender)) as keep:
+            return await self._run(choice, message, self.store.lock(choice.key, sender), keep)
 
     async def _run(
-        self, choice: _Choice, message: MailRequest, store_lock: AbstractContextManager[Any]
+        self,
+        choice: _Choice,
+        message: MailRequest,
+        store_lock: AbstractContextManager[Any],
+        keep: Callable[[asyncio.Future[Any]], None] | None = None,
     ) -> HandlerSpec | None:
         """Run ``_step`` under ``store_lock``: with only plain handlers to choose from, all of it
-        in one executor call (the fast path); else on the loop, blocking calls in the executor."""
+        in one handler thread (the fast path); else on the loop, the plain handler in a handler
+        thread, the lock and state calls in the I/O executor.
+
+        A fast-path thread that outlives the delivery (timed out) holds ``store_lock`` until it
+        returns; ``keep`` is given its future, to hold the sender's lock on the loop that long.
+        """
         if not choice.has_async:
-            return await self._blocking(self._run_sync, choice, message, store_lock)
-        async with held_in_executor(store_lock, self.executor):
-            return await self._step(choice, message, self._blocking)
+            running = start_blocking(self.executor, self._run_sync, choice, message, store_lock)
+            if keep is not None:
+                keep(running)
+            return await asyncio.shield(running)
+        async with held_in_executor(store_lock, self.io_executor):
+            return await self._step(choice, message, self._blocking, self._handling)
 
     def _run_sync(
         self, choice: _Choice, message: MailRequest, store_lock: AbstractContextManager[Any]
     ) -> HandlerSpec | None:
         """The whole step in this executor thread, its blocking calls made directly."""
         with store_lock:
-            return run_to_end(self._step(choice, message, run_here))
+            return run_to_end(self._step(choice, message, run_here, run_here))
 
     async def _step(
-        self, choice: _Choice, message: MailRequest, blocking: Blocking
+        self, choice: _Choice, message: MailRequest, blocking: Blocking, handling: Blocking
     ) -> HandlerSpec | None:
         """Pick the handler for the sender's state, run it, apply its transition (or put the
-        module into ERROR); the handler that ran, if any. Blocking calls go through ``blocking``.
+        module into ERROR); the handler that ran, if any. A plain handler is called through
+        ``handling``, the other blocking calls go through ``blocking``.
         """
         found = choice.always or choice.pick(
             await blocking(self.store.get, choice.key, message.route_from)
@@ -376,7 +420,7 @@ class Router:
             if handler.is_async:
                 result = await handler.func(message, **found.captures)
             else:
-                result = await blocking(handler.func, message, **found.captures)
+                result = await handling(handler.func, message, **found.captures)
         except SMTPError as error:
             raise _Refused(handler, error) from error
         except asyncio.CancelledError as exc:
@@ -391,10 +435,11 @@ class Router:
     def _failure(
         self, handler: HandlerSpec, key: str, message: MailRequest, exc: BaseException
     ) -> _HandlerFailed:
-        """A failed stateful handler puts its module into ERROR for this sender (a stateless
-        one has no state to leave); the failure to raise."""
+        """A failed stateful handler puts its module into ERROR for this sender, keeping why
+        (a stateless one has no state to leave); the failure to raise."""
         if not handler.stateless:
-            self.store.set(key, message.route_from, ERROR)
+            reason = ErrorReason.of(handler.qualname, exc)
+            record_error(self.store, key, message.route_from, reason)
         return _HandlerFailed(handler, f"handler {handler.qualname} failed: {_describe(exc)}")
 
     def _transition(
@@ -408,9 +453,16 @@ class Router:
             problem = TypeError(f"returned {result!r}, not a state function or None")
             raise self._failure(handler, key, message, problem) from problem
         module, name = getattr(result, "__module__", ""), getattr(result, "__name__", "")
-        self.store.set(self.state_key(module, message), message.route_from, name)
+        target = self.state_key(module, message)
+        if handler.name == ERROR or target != key:  # it may leave ERROR: drop the reason too
+            change_state(self.store, target, message.route_from, name)
+        else:
+            self.store.set(target, message.route_from, name)
 
     async def _blocking(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await run_blocking(self.io_executor, func, *args, **kwargs)
+
+    async def _handling(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await run_blocking(self.executor, func, *args, **kwargs)
 
 

@@ -36,6 +36,10 @@ def check_workers(settings: Settings) -> None:
         raise MailRouterError(
             "metrics_port needs workers = 1: each worker process would count only its share"
         )
+    if settings.console_port:
+        raise MailRouterError(
+            "console_port needs workers = 1: run `mailrouter console` beside the workers instead"
+        )
     store = open_store(settings.state_store_url(), readonly=True)
     try:
         shared = bool(getattr(store, "cross_process", False))

@@ -282,3 +282,95 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+# -- hung plain handlers cost their own threads, nothing more --------------------------------
+
+HUNG = """
+import threading
+from mailrouter import route, stateless
+
+started = []
+release = threading.Event()
+
+
+@route("hang@(host)")
+@stateless
+def HANG(message, host=None):
+    started.append(message.sender)
+    release.wait(60)
+"""
+
+WORKING = """
+from mailrouter import route, stateless
+
+handled = []
+
+
+@route("plain@(host)")
+@stateless
+def PLAIN(message, host=None):
+    handled.append(("plain", message.sender))
+
+
+@route("async@(host)")
+async def START(message, host=None):
+    handled.append(("async", message.sender))
+    return START
+"""
+
+
+def send_from(port: int, sender: str, rcpt: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        client.mail(sender)
+        client.rcpt(rcpt)
+        return client.data(f"Subject: to {rcpt}\r\n\r\nHi.\r\n".encode())
+
+
+@contextlib.contextmanager
+def released(module: Any) -> Iterator[None]:
+    """Let the hung handlers' threads end when the test is over."""
+    try:
+        yield
+    finally:
+        module.release.set()
+
+
+async def test_hung_plain_handlers_leave_unroutable_and_async_mail_served(
+    tmp_path: Path, make_module: Callable[..., str]
+) -> None:
+    hung, working = make_module(HUNG), make_module(WORKING)
+    modules = importlib.import_module(hung), importlib.import_module(working)
+    with released(modules[0]):
+        async with running(tmp_path, hung, working, executor_threads=2, handler_timeout=0.5) as s:
+            timed_out = await asyncio.gather(
+                asyncio.to_thread(send_from, s.port, "a@x.org", "hang@example.com"),
+                asyncio.to_thread(send_from, s.port, "b@x.org", "hang@example.com"),
+            )
+            assert [code for code, _ in timed_out] == [451, 451], timed_out
+            assert sorted(modules[0].started) == ["a@x.org", "b@x.org"]  # both threads hung
+            code, text = await asyncio.to_thread(send_from, s.port, "c@x.org", "nobody@else.org")
+            assert code == 250 and text.startswith(b"2.0.0 Ok: queued as "), (code, text)
+            code, _ = await asyncio.to_thread(send_from, s.port, "c@x.org", "async@example.com")
+            assert code == 250
+            assert modules[1].handled == [("async", "c@x.org")]
+            assert not modules[0].release.is_set()  # nothing waited for the hung handlers
+    (entry,) = entries(Queue(tmp_path / "run" / "undeliverable"))
+    assert entry.reasons == {"nobody@else.org": "no route"}
+
+
+async def test_a_sender_retrying_a_hung_handler_takes_no_more_threads(
+    tmp_path: Path, make_module: Callable[..., str]
+) -> None:
+    hung, working = make_module(HUNG), make_module(WORKING)
+    modules = importlib.import_module(hung), importlib.import_module(working)
+    with released(modules[0]):
+        async with running(tmp_path, hung, working, executor_threads=2, handler_timeout=0.5) as s:
+            for _ in range(3):  # the MTA's retries: they wait for the sender's lock, off-thread
+                code, _ = await asyncio.to_thread(send_from, s.port, "a@x.org", "hang@example.com")
+                assert code == 451
+            assert modules[0].started == ["a@x.org"]
+            code, _ = await asyncio.to_thread(send_from, s.port, "b@x.org", "plain@example.com")
+            assert code == 250  # the retries took no thread: the second one is still free
+            assert modules[1].handled == [("plain", "b@x.org")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import smtplib
 import subprocess
@@ -45,6 +46,15 @@ def refuse(message, host=None):
 @stateless
 def hang(message, host=None):
     gate.wait(30)
+
+held = []
+
+@route("hold@(host)")
+@stateless
+def hold(message, host=None):
+    held.append(message["Subject"])
+    gate.wait(30)
+    seen.append(message["Subject"])
 """
 
 
@@ -211,15 +221,24 @@ class DownStore(MemoryStorage):
 
 
 @contextlib.asynccontextmanager
-async def spooling(tmp_path: Path, app: str, max_attempts: int) -> AsyncIterator[Spool]:
-    """A started Spool on ``tmp_path/spool`` feeding a router whose state store is down."""
+async def spooling(
+    tmp_path: Path,
+    app: str,
+    max_attempts: int = 10,
+    store: MemoryStorage | None = None,
+    concurrency: int = 2,
+) -> AsyncIterator[Spool]:
+    """A started Spool on ``tmp_path/spool`` feeding a router whose state store is ``store``
+    (by default one that is down)."""
     router = Router(
-        store=DownStore(),
+        store=DownStore() if store is None else store,
         undeliverable=Queue(tmp_path / "undeliverable"),
         defaults={"host": r"example\.com"},
     )
     router.load([app])
-    spool = Spool(Queue(tmp_path / "spool"), router, concurrency=2, max_attempts=max_attempts)
+    spool = Spool(
+        Queue(tmp_path / "spool"), router, concurrency=concurrency, max_attempts=max_attempts
+    )
     await spool.start()
     try:
         yield spool
@@ -269,3 +288,94 @@ def test_max_attempts_must_allow_one_attempt(tmp_path: Path) -> None:
     router = Router(undeliverable=Queue(tmp_path / "undeliverable"))
     with pytest.raises(ValueError, match="max_attempts"):
         Spool(Queue(tmp_path / "spool"), router, concurrency=1, max_attempts=0)
+
+
+# -- stopping ----------------------------------------------------------------------------------
+
+
+def spooled(tmp_path: Path) -> list[str]:
+    """The subjects of the messages waiting in the server's spool."""
+    spool = Queue(tmp_path / "run" / "spool")
+    return [spool.get(key)["Subject"] or "" for key in spool.keys()]  # noqa: SIM118 - a Queue
+
+
+async def test_a_stop_finishes_what_is_being_routed_and_takes_nothing_more(
+    tmp_path: Path, app: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "mailrouter.inbound.spool")
+    module = handlers(app)
+    module.gate.clear()
+    settings = {"mode": "spool", "spool_concurrency": 1, "drain_timeout": 30}
+    async with running(tmp_path, app, **settings) as server:
+        try:
+            assert (await send(server.port, ["hold@example.com"], "first"))[0] == 250
+            await until(lambda: module.held == ["first"])
+            assert (await send(server.port, ["hold@example.com"], "second"))[0] == 250
+            stopping = asyncio.create_task(server.stop())  # drain_timeout: 30 s
+            await until(lambda: "being routed from the spool" in caplog.text)
+        finally:
+            module.gate.set()
+        await until(stopping.done, 5)  # the busy worker ended with its entry; none waited on
+    assert module.seen == ["first"]
+    assert spooled(tmp_path) == ["second"]  # waiting for the next start
+
+
+async def test_a_stop_with_an_idle_spool_returns_at_once(tmp_path: Path, app: str) -> None:
+    async with running(tmp_path, app, mode="spool", drain_timeout=30) as server:
+        assert (await send(server.port, ["rec@example.com"], "done"))[0] == 250
+        await until(lambda: handlers(app).seen == ["done"])
+        stopping = asyncio.create_task(server.stop())
+        await until(stopping.done, 5)
+    assert spooled(tmp_path) == []
+
+
+# -- supervision -------------------------------------------------------------------------------
+
+
+async def test_a_worker_backs_off_from_a_spool_error_and_goes_on(
+    tmp_path: Path, app: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(tmp_path, app, mode="spool") as server:
+        cur = tmp_path / "run" / "spool" / "cur"
+        cur.rmdir()
+        cur.write_text("not a directory")  # claims fail, even for root (chmod would not stop it)
+        try:
+            assert (await send(server.port, ["rec@example.com"], "later"))[0] == 250
+            await until(lambda: "a spool worker failed on" in caplog.text)
+        finally:
+            cur.unlink()
+            cur.mkdir()
+        await until(lambda: handlers(app).seen == ["later"])  # the entry was tried again
+    failed = next(r for r in caplog.records if "a spool worker failed on" in r.getMessage())
+    assert "trying it again in 1s: cannot claim" in failed.getMessage()
+    assert failed.levelname == "ERROR" and not failed.exc_info  # a queue error: no traceback
+
+
+class Crash(BaseException):
+    """Not an Exception: nothing on the way up catches it, and it ends the worker."""
+
+
+class CrashingStore(MemoryStorage):
+    """A state store whose first read raises ``Crash``."""
+
+    crashes = 1
+
+    def get(self, key: str, sender: str) -> str:
+        if self.crashes:
+            self.crashes -= 1
+            raise Crash("the store's client library gave up")
+        return super().get(key, sender)
+
+
+async def test_a_worker_that_ends_is_replaced(
+    tmp_path: Path, app: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with spooling(tmp_path, app, store=CrashingStore(), concurrency=1) as spool:
+        await spool.accept(mail(recipients=["rec@example.com"], subject="crashed"))
+        await until(lambda: "a spool worker ended" in caplog.text)
+        await spool.accept(mail(recipients=["rec@example.com"], subject="next"))
+        await until(lambda: handlers(app).seen == ["next"])  # by the worker started instead
+    [ended] = [r for r in caplog.records if "a spool worker ended" in r.getMessage()]
+    assert "Crash" in ended.getMessage() and ended.exc_info is not None
+    async with spooling(tmp_path, app, store=MemoryStorage()):  # the next start
+        await until(lambda: handlers(app).seen == ["next", "crashed"])
