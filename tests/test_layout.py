@@ -23,7 +23,8 @@ LAYERS = [
     {"outbound"},
     {"inbound"},
     {"runtime"},
-    {"cli", "console", "compat", "testing", "pytest_plugin", "__init__", "__main__"},
+    {"compat"},  # Salmon's and Lamson's layouts over routing, outbound and state
+    {"cli", "console", "testing", "pytest_plugin", "__init__", "__main__"},
 ]
 # The deprecated import paths kept for this release: each re-exports one outbound module.
 SHIMS = {"relay", "response", "views"}

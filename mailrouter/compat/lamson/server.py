@@ -1,0 +1,7 @@
+"""Lamson's ``server`` names: the same as Salmon's."""
+
+from __future__ import annotations
+
+from mailrouter.compat.salmon.server import Relay, SMTPError, current
+
+__all__ = ["Relay", "SMTPError", "current"]

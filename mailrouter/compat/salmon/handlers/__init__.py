@@ -1,0 +1,1 @@
+"""Salmon's ready-made handler modules: ``log``, ``queue`` and ``forward``."""
