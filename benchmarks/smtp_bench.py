@@ -25,6 +25,15 @@ Scenarios (``--scenario``):
   have both cores. Goal: 2 / 1 >= 1.7.
 - ``startup``: ``mailrouter start`` on a copy of the repo's config/ and handlers_example/, to
   its ready line, 5 times. Goal: < 1 s.
+- ``auth``: mailrouter with ``auth_policy = "off"`` and ``"annotate"``, the messages DKIM-signed
+  (RSA 2048) by x.org, whose SPF, key and DMARC record a DNS server on 127.0.0.1 (in this
+  process, dnslib's) serves; the cache is warm after the warm-up. The annotate target's handler
+  is ``@authenticated``: a message that did not pass DMARC would be queued, and the run fails.
+  Goal: annotate costs at most 30% at 10 messages per connection.
+- ``console``: mailrouter with the web console off, on without copies of the messages
+  (``console_messages = ""``), on and idle (it keeps each message's bytes), on with a browser's
+  polling (the messages list every 2 s, the chart every 10 s), and
+  on with the list fetched back to back; the poller is a process of its own on the client's CPU.
 
 Optional competitors for ``throughput``, installed outside the repo and its venv (Haraka 3.3
 needs Node.js >= 20; its plugin answers rDNS locally, so no DNS query leaves the machine):
@@ -41,7 +50,10 @@ import asyncio
 import itertools
 import os
 import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -356,7 +368,123 @@ def journal(args: argparse.Namespace, folder: Path) -> None:
     print(f"the journal costs {cost:.1%} (goal <= 10% at 10 msgs per connection)")
 
 
+def auth(args: argparse.Namespace, folder: Path) -> None:
+    """mailrouter with sender authentication off and on, against a loopback DNS server."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from dnszone import Zone
+    from dnszone import serving as serving_dns
+
+    from mailrouter.outbound.signing import Signer, dns_record, generate_key
+
+    key = generate_key("rsa", 2048)
+    zone = Zone()
+    zone.spf("x.org", "v=spf1 ip4:127.0.0.1 -all")
+    zone.dmarc("x.org", "v=DMARC1; p=reject")
+    zone.dkim_key("bench", "x.org", dns_record(key))
+    body = message(args.size).removesuffix(b".\r\n")
+    data = Signer.from_pem("x.org", "bench", key).sign(body) + b".\r\n"
+    with serving_dns(zone):
+        specs = [
+            targets.mailrouter(folder, "auth off", auth_policy="off"),
+            targets.mailrouter(
+                folder,
+                "auth annotate",
+                handler=targets.AUTHENTICATED_HANDLER,
+                dns_nameservers=[zone.address],
+            ),
+        ]
+        best = run_rounds(specs, args, data)
+    print(
+        f"{args.connections} connections x {args.per_connection} msgs, {len(data)} bytes"
+        f" (DKIM-signed), {SENDERS} senders; {len(zone.questions)} DNS questions in all"
+    )
+    print(f"{'mailrouter':16} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/msg':>11}")
+    for name, r in best.items():
+        print(
+            f"{name:16} {r.rate:8,.0f} {r.percentile(0.5):8.2f} {r.percentile(0.99):8.2f}"
+            f" {r.cpu_per_message:11.0f}"
+        )
+    cost = 1 - best["auth annotate"].rate / best["auth off"].rate
+    print(f"annotate costs {cost:.1%} (goal <= 30% at 10 msgs per connection)")
+
+
+CONSOLE_TOKEN = "bench-console-token"
+# A browser's polling, as a process: log in, then fetch the list every INTERVAL s (0: back to
+# back) and the chart every 10 s; stops after 15 minutes whatever happens.
+POLLER = """
+import re, sys, time
+import httpx
+url, interval = sys.argv[1], float(sys.argv[2])
+with httpx.Client(base_url=url, timeout=30) as client:
+    csrf = re.search('name="csrf" value="([^"]+)"', client.get("/login").text).group(1)
+    data = {"csrf": csrf, "token": sys.argv[3], "next": "/messages"}
+    client.post("/login", data=data, headers={"origin": url})
+    end, chart = time.monotonic() + 900, 0.0
+    while time.monotonic() < end:
+        client.get("/messages/rows").raise_for_status()
+        if time.monotonic() - chart >= 10:
+            client.get("/activity/chart").raise_for_status()
+            chart = time.monotonic()
+        time.sleep(interval)
+"""
+
+
+def console(args: argparse.Namespace, folder: Path) -> None:
+    """mailrouter with the console off, on and idle, on and polled, on and polled hard."""
+    ports = {name: free_port() for name in ("bare", "idle", "polled", "hammered")}
+    on = {"console_token": CONSOLE_TOKEN}
+    specs = [
+        (targets.mailrouter(folder, "console off"), None),
+        (
+            targets.mailrouter(
+                folder, "console no copies", console_port=ports["bare"], console_messages="", **on
+            ),
+            None,
+        ),
+        (targets.mailrouter(folder, "console idle", console_port=ports["idle"], **on), None),
+        (targets.mailrouter(folder, "console polled", console_port=ports["polled"], **on), 2.0),
+        (targets.mailrouter(folder, "console hammered", console_port=ports["hammered"], **on), 0.0),
+    ]
+    data = message(args.size)
+    runs: dict[str, list[Result]] = {spec.name: [] for spec, _ in specs}
+    for _ in range(args.rounds):
+        for (spec, interval), port in zip(specs, [0, *ports.values()], strict=True):
+            with targets.running(spec) as server:
+                load(server, 4, 5, 40, data)  # warm up
+                poller = None
+                if interval is not None:
+                    url, wait = f"http://{HOST}:{port}", str(interval)
+                    command = [sys.executable, "-c", POLLER, url, wait, CONSOLE_TOKEN]
+                    poller = subprocess.Popen(targets.pinned(1) + command)
+                try:
+                    result = load(
+                        server, args.connections, args.per_connection, args.messages, data
+                    )
+                finally:
+                    if poller is not None:
+                        poller.terminate()
+                        poller.wait(30)
+                runs[spec.name].append(result)
+    print(
+        f"{args.connections} connections x {args.per_connection} msgs, {len(data)} bytes,"
+        f" {args.rounds} rounds (each: msg/s and server CPU us/msg)"
+    )
+    for name, results in runs.items():
+        rates = [r.rate for r in results]
+        cells = ", ".join(f"{r.rate:,.0f} ({r.cpu_per_message:.0f})" for r in results)
+        print(f"{name:16} median {statistics.median(rates):7,.0f} msg/s  rounds: {cells}")
+
+
+def free_port() -> int:
+    """A TCP port free now on the loopback address."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
 SCENARIOS = {
+    "auth": auth,
+    "console": console,
     "throughput": throughput,
     "journal": journal,
     "slow": slow,
@@ -364,7 +492,14 @@ SCENARIOS = {
     "memory": memory,
     "startup": startup,
 }
-DEFAULT_MESSAGES = {"throughput": 4800, "journal": 4800, "slow": 800, "workers": 2400}
+DEFAULT_MESSAGES = {
+    "auth": 4800,
+    "console": 4800,
+    "throughput": 4800,
+    "journal": 4800,
+    "slow": 800,
+    "workers": 2400,
+}
 
 
 def parse_args() -> argparse.Namespace:

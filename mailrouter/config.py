@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import grp
+import ipaddress
 import os
 import re
 import sys
@@ -53,6 +54,12 @@ class Settings:
     tls_key: str = ""
     require_starttls: bool = False
     reject_unroutable: bool = False
+    auth_policy: Literal["annotate", "off", "enforce"] = "annotate"
+    trusted_authserv_ids: tuple[str, ...] = ()
+    dns_nameservers: tuple[str, ...] = ()
+    dns_timeout: float = 2.0
+    reject_unauthenticated: bool = False
+    state_sender: Literal["envelope", "from", "authenticated"] = "envelope"
     handlers: tuple[str, ...] = ()
     defaults: Mapping[str, str] = field(default_factory=dict)
     lock_scope: Literal["key", "global"] = "key"
@@ -79,6 +86,9 @@ class Settings:
     outbox: str = "run/outbox"
     failed: str = "run/failed"
     templates: str = "templates"
+    dkim_domain: str = ""
+    dkim_selector: str = ""
+    dkim_key_file: str = ""
     pid_file: str = "run/mailrouter.pid"
     control_socket: str = "run/control.sock"
     log_file: str = "logs/mailrouter.log"
@@ -86,6 +96,11 @@ class Settings:
     log_format: Literal["text", "json"] = "text"
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    console_port: int = 0
+    console_host: str = "127.0.0.1"
+    console_token: str = ""
+    console_token_file: str = "run/console.token"
+    console_messages: str = "run/messages"
     user: str = ""
     group: str = ""
     allow_root: bool = False
@@ -140,6 +155,11 @@ _AT_LEAST_ONE = {
     "io_threads",
 }
 _TYPES = get_type_hints(Settings)
+_LISTS = {  # the settings that are lists of strings, and what their items are
+    "handlers": "module import strings",
+    "trusted_authserv_ids": "authserv-ids (host names)",
+    "dns_nameservers": 'nameserver addresses ("127.0.0.1", "127.0.0.1:5353", "[::1]:53")',
+}
 _OCTAL_MODE = re.compile(r"(?:0o)?([0-7]{1,4})")
 
 
@@ -195,7 +215,7 @@ def _from_text(name: str, raw: str) -> Any:
             return kind(raw)
         except ValueError:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()}: {raw!r} is not a number") from None
-    if name == "handlers":
+    if name in _LISTS:
         return [item.strip() for item in raw.split(",") if item.strip()]
     if name == "defaults":
         raise ConfigError(f"{ENV_PREFIX}DEFAULTS cannot be set from the environment")
@@ -217,9 +237,15 @@ def _check(name: str, value: Any, file: Path) -> Any:
         raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if name == "handlers":
+    if name in _LISTS:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where} must be a list of module import strings")
+            raise ConfigError(f"{where} must be a list of {_LISTS[name]}")
+        if name == "dns_nameservers":
+            for text in value:
+                try:
+                    nameserver_address(text)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
         return tuple(value)
     if name == "defaults":
         if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
@@ -235,7 +261,31 @@ def _check(name: str, value: Any, file: Path) -> Any:
         raise ConfigError(f"{where} must not be negative")
     if name in _AT_LEAST_ONE and value < 1:
         raise ConfigError(f"{where} must be at least 1")
+    if name == "dns_timeout" and value == 0:
+        raise ConfigError(f"{where} must be more than 0")
     return value
+
+
+def nameserver_address(text: str) -> tuple[str, int]:
+    """A nameserver's ``(address, port)`` from ``"127.0.0.1"``, ``"127.0.0.1:5353"``,
+    ``"::1"`` or ``"[::1]:5353"`` (port 53 unless given); ValueError when it is none of those."""
+    host, port = text.strip(), "53"
+    if host.startswith("["):
+        host, _, rest = host[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad nameserver {text!r}")
+            port = rest[1:]
+    elif host.count(":") == 1:
+        host, _, port = host.partition(":")
+    try:
+        address = str(ipaddress.ip_address(host))
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"bad nameserver {text!r}: an IP address, and :port if not 53") from None
+    if not 0 < number < 65536:
+        raise ValueError(f"bad nameserver {text!r}: port {number} out of range")
+    return address, number
 
 
 def _file_mode(value: Any, where: str) -> str:

@@ -1,5 +1,5 @@
 """The ``mailrouter`` command: start, stop, status, reload, routes, state, queue, messages, send,
-sendmail, gen, sink.
+sendmail, gen, sink, console, dkim-keygen.
 
 This is the only package that configures logging and turns exceptions into exit codes: every
 ``MailRouterError`` (and ``OSError``) becomes one ``Error: ...`` line and exit status 1. Each
@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from mailrouter import __version__
-from mailrouter.cli import gen, messages, queue, routes, send, server, sink, state
+from mailrouter.cli import console, dkim, gen, messages, queue, routes, send, server, sink, state
 from mailrouter.cli.common import describe_os_error
 from mailrouter.errors import MailRouterError
 
@@ -51,5 +51,7 @@ for _command in (
     send.sendmail,
     gen.gen,
     sink.sink,
+    console.console,
+    dkim.dkim_keygen,
 ):
     main.add_command(_command)

@@ -47,6 +47,18 @@ SETTING_HELP = {
     "tls_key": "Private key file (PEM) of tls_cert (empty: the key is in tls_cert).",
     "require_starttls": "Refuse mail from clients that have not used STARTTLS.",
     "reject_unroutable": "Refuse recipients no route matches at RCPT time instead of queueing.",
+    "auth_policy": "Sender authentication (SPF, DKIM, DMARC, ARC; needs mailrouter[auth]):"
+    " 'annotate' (verify, attach message.auth), 'enforce' (also refuse DMARC p=reject"
+    " failures with 550 5.7.1) or 'off'.",
+    "trusted_authserv_ids": "Authserv-ids of the MTAs in front whose Authentication-Results"
+    " headers are used instead of verifying again.",
+    "dns_nameservers": "Nameservers for sender authentication, as IP or IP:PORT"
+    " (empty: the system's).",
+    "dns_timeout": "Seconds a DNS question of sender authentication may take (then temperror).",
+    "reject_unauthenticated": "Refuse mail for @authenticated handlers from senders whose"
+    " From: domain is not DMARC-aligned with 550 5.7.1, instead of queueing it.",
+    "state_sender": "Key senders' states on the 'envelope' sender, the 'from' address, or"
+    " only an 'authenticated' (DMARC-aligned) From: address.",
     "handlers": "Handler modules to load (import strings), besides config/handlers/*.py.",
     "lock_scope": "Lock per sender and state key ('key') or one lock for all ('global').",
     "executor_threads": "Threads that run plain (non-async) handlers.",
@@ -77,6 +89,12 @@ SETTING_HELP = {
     "outbox": "Maildir of outgoing mail waiting to be retried.",
     "failed": "Maildir of outgoing mail refused for good or given up on.",
     "templates": "Folder of the templates that mailrouter.outbound.templates renders.",
+    "dkim_domain": "DKIM-sign outgoing mail as this domain (d=; with dkim_selector and"
+    " dkim_key_file).",
+    "dkim_selector": "Selector of the DKIM key (s=): its public key is published at"
+    " SELECTOR._domainkey.DOMAIN.",
+    "dkim_key_file": "Private key file (PEM, RSA or Ed25519) that signs outgoing mail"
+    " (mailrouter dkim-keygen writes one).",
     "pid_file": "Pid file of the running server.",
     "control_socket": "Unix socket the command line asks the running server on (mode 0600;"
     " '': off, and commands work on the files and by signals).",
@@ -85,6 +103,14 @@ SETTING_HELP = {
     "log_format": "Log lines as 'text', or 'json': one object per line, one line per message.",
     "metrics_port": "Serve Prometheus metrics on this port (0: off; needs mailrouter[metrics]).",
     "metrics_host": "Address the metrics endpoint listens on.",
+    "console_port": "Serve the web console on this port (0: off; needs mailrouter[console]).",
+    "console_host": "Address the web console listens on (other than loopback: needs"
+    " console_token).",
+    "console_token": "The console's login token (empty: one is made at first start, printed"
+    " once, and only its hash kept in console_token_file).",
+    "console_token_file": "Where the hash of the generated console token is kept (mode 0600).",
+    "console_messages": "Folder of the received messages' bytes, kept while the console is on"
+    " (for its message page), purged with the journal ('': none kept).",
     "user": "When started as root: the user to switch to after binding.",
     "group": "When started as root: the group to switch to after binding.",
     "allow_root": "Allow the server to keep running as root (not recommended).",

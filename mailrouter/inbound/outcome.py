@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from mailrouter.message import MailRequest, Peer
@@ -33,6 +33,7 @@ class DeliveryRecord:
     reply: str
     code: int  # the first refusal's code (over LMTP, of any recipient), else 250
     duration: float  # seconds from the end of DATA to the reply
+    data: bytes = field(default=b"", repr=False)  # the bytes received (kept by the console)
 
     @classmethod
     def of(
@@ -57,6 +58,7 @@ class DeliveryRecord:
             reply,
             code,
             duration,
+            request.data,
         )
 
     @property
@@ -69,8 +71,10 @@ class DeliveryRecord:
         return "accepted" if self.queue_key is None else "queued"
 
     def fields(self) -> dict[str, object]:
-        """The record as JSON-ready fields, outcome included."""
-        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        """The record as JSON-ready fields, outcome included (the bytes left out)."""
+        values = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "data"
+        }
         return {**values, "outcome": self.outcome}
 
 

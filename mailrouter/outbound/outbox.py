@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesHeaderParser
@@ -163,10 +163,16 @@ class Outbox:
         return Stored(deferred, failed, outbox_key, failed_key, retry_at)
 
     async def retry_once(
-        self, deliver: Deliver, now: float | None = None, *, ignore_schedule: bool = False
+        self,
+        deliver: Deliver,
+        now: float | None = None,
+        *,
+        ignore_schedule: bool = False,
+        keys: Collection[str] | None = None,
     ) -> RetryReport:
         """Try every outbox entry that is due at ``now`` (default: the current time) once; with
-        ``ignore_schedule``, every entry, due or not (expiry still counts from ``now``).
+        ``ignore_schedule``, every entry, due or not (expiry still counts from ``now``); with
+        ``keys``, only the entries of those keys.
 
         Only one pass runs at a time over one outbox, across threads and processes (a lock
         file): a pass that finds another one running returns at once with ``busy`` set.
@@ -180,6 +186,8 @@ class Outbox:
             return RetryReport(busy=True)
         try:
             entries = await asyncio.to_thread(_read_all, queue)
+            if keys is not None:
+                entries = [entry for entry in entries if entry.key in keys]
             due: list[tuple[QueueEntry, Schedule]] = []
             next_due: float | None = None
             for entry in entries:

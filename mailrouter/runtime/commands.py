@@ -1,16 +1,20 @@
-"""What an operator can ask of mailrouter: senders' states, replaying the undeliverable queue,
-retrying the outbox, and (of a running server) status, reload and stop.
+"""What an operator can ask of mailrouter: senders' states, the routes and the route tester,
+the queues (list, show, remove, replay, retry), and (of a running server) status, reload, stop,
+the journal's messages, their activity, and delivering a message as if it came over SMTP.
 
 ``Operations`` works on a router (its state store and handler modules), the undeliverable
 queue and a relay. The running server serves them on its control socket (``server_commands``),
 with its own router and relay, so they see the settings it was started with, command-line
 options included; with no server running, the command line builds its own and calls the same
-methods. Results are plain JSON values: the control socket carries them as they are.
+methods. The web console calls the same table, in the server or over the socket. Results are
+plain JSON values: the control socket carries them as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import os
 import time
@@ -18,17 +22,26 @@ from collections.abc import Awaitable, Callable, Sized
 from dataclasses import asdict
 from typing import Any, Protocol
 
+from aiosmtpd.smtp import Envelope, Session
+
 from mailrouter import __version__
 from mailrouter.config import Settings
 from mailrouter.errors import MailRouterError
+from mailrouter.inbound.handler import Receiver
 from mailrouter.journal import Journal
-from mailrouter.message import MailRequest
+from mailrouter.message import MailRequest, delivery_id
 from mailrouter.outbound.sender import Relay
 from mailrouter.queue import Queue
 from mailrouter.routing.router import Router
+from mailrouter.runtime import boxes
+from mailrouter.runtime import routes as route_views
 from mailrouter.runtime.control import Command
+from mailrouter.runtime.copies import MessageCopies
+from mailrouter.runtime.messages import Messages
 from mailrouter.state import ERROR, START
 from mailrouter.state.entries import StateEntry, change_state, list_states
+
+CONSOLE_PEER = "console"  # the peer and HELO name of a message the console delivers
 
 
 class Running(Protocol):
@@ -36,6 +49,7 @@ class Running(Protocol):
 
     settings: Settings
     router: Router
+    handler: Receiver
 
     @property
     def address(self) -> str: ...
@@ -110,12 +124,7 @@ class Operations:
 
     def _machines(self) -> dict[str, set[str]]:
         """Each module with stateful handlers: the names of its states."""
-        machines: dict[str, set[str]] = {}
-        for route in self.router.routes():
-            for handler in route.handlers:
-                if not handler.stateless:
-                    machines.setdefault(handler.module, set()).add(handler.name)
-        return machines
+        return route_views.state_functions(self.router)
 
     def _check_state(self, key: str, state: str) -> None:
         if state in (START, ERROR):
@@ -137,14 +146,21 @@ class Operations:
 
     # -- queues ----------------------------------------------------------------------------
 
-    async def replay(self, step: Callable[[], None] | None = None) -> dict[str, Any]:
-        """Deliver each undeliverable message again: those handled now leave the queue, those
-        partly handled are queued again for the rest; one replay at a time."""
+    async def replay(
+        self, step: Callable[[], None] | None = None, key: str | None = None
+    ) -> dict[str, Any]:
+        """Deliver each undeliverable message (or only the one of ``key``) again: those handled
+        now leave the queue, those partly handled are queued again for the rest; one replay at
+        a time."""
         if self._replaying.locked():
             raise MailRouterError("a replay is already running")
         async with self._replaying:
             queue = Queue(self.settings.path(self.settings.undeliverable))
             keys = await asyncio.to_thread(queue.keys)
+            if key is not None:
+                if key not in keys:
+                    raise MailRouterError(f"no message {key!r} in {boxes.LABELS['undeliverable']}")
+                keys = [key]
             kept: list[tuple[str, str]] = []
             for key in keys:
                 if step is not None:
@@ -180,11 +196,36 @@ class Operations:
             await asyncio.to_thread(queue.remove, key)
         return kept
 
-    async def retry(self) -> dict[str, Any]:
-        """One pass of the server's relay over the whole outbox now, due or not."""
+    async def retry(self, key: str | None = None) -> dict[str, Any]:
+        """One pass of the server's relay over the whole outbox (or the entry of ``key``) now,
+        due or not."""
         if self._relay is None:
             raise MailRouterError("no relay to retry the outbox with")
-        return asdict(await self._relay.retry_once(ignore_schedule=True))
+        keys = None if key is None else {key}
+        return asdict(await self._relay.retry_once(ignore_schedule=True, keys=keys))
+
+    async def queue_list(self, box: str | None) -> list[dict[str, Any]]:
+        """The entries of a box (undeliverable, outbox, failed), oldest first."""
+        return await asyncio.to_thread(boxes.list_box, self.settings, boxes.box_name(box))
+
+    async def queue_show(self, box: str | None, key: str) -> dict[str, Any]:
+        """One entry of a box, its bytes included."""
+        return await asyncio.to_thread(boxes.show_entry, self.settings, boxes.box_name(box), key)
+
+    async def queue_remove(self, box: str | None, key: str) -> dict[str, Any]:
+        """Delete the one entry ``key`` of a box."""
+        return await asyncio.to_thread(boxes.remove_entry, self.settings, boxes.box_name(box), key)
+
+    # -- routes ----------------------------------------------------------------------------
+
+    async def routes(self) -> dict[str, Any]:
+        """The route table in match order, and each state machine's states."""
+        table = await asyncio.to_thread(route_views.route_table, self.router)
+        return {"routes": table, "machines": route_views.machines(self.router)}
+
+    async def route_trial(self, address: str, sender: str = "") -> dict[str, Any]:
+        """What would run now for mail from ``sender`` to ``address`` (see ``routes``)."""
+        return await asyncio.to_thread(route_views.route_trial, self.router, address, sender)
 
 
 def server_commands(
@@ -199,6 +240,12 @@ def server_commands(
     workers' supervisor, when this process is one of its workers)."""
     started = time.time()
     settings = server.settings
+    copies = MessageCopies.of_settings(settings)
+    messages = Messages(
+        server.journal,
+        copies,
+        server.router.undeliverable or Queue(settings.path(settings.undeliverable)),
+    )
 
     async def status(args: dict[str, Any]) -> dict[str, Any]:
         journal = server.journal
@@ -226,6 +273,17 @@ def server_commands(
     async def reloading(args: dict[str, Any]) -> dict[str, Any]:
         return {"routes": await reload()}
 
+    async def delivering(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            data = base64.b64decode(args["data"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise MailRouterError("deliver: 'data' must be the message in base64") from None
+        sender = args.get("sender", "")
+        received = await receive(server.handler, data, sender, args["recipients"])
+        if server.journal is not None and copies is not None:  # its page shows it at once
+            await asyncio.to_thread(copies.keep, [(sender, data)])
+        return received
+
     return {
         "status": status,
         "stop": stopping,
@@ -236,9 +294,49 @@ def server_commands(
             args["sender"], args["state"], args.get("key")
         ),
         "state.reset": lambda args: operations.reset(args["sender"], args.get("key")),
-        "queue.replay": lambda args: operations.replay(),
-        "queue.retry": lambda args: operations.retry(),
+        "queue.replay": lambda args: operations.replay(key=args.get("key")),
+        "queue.retry": lambda args: operations.retry(args.get("key")),
+        "queue.list": lambda args: operations.queue_list(args.get("box")),
+        "queue.show": lambda args: operations.queue_show(args.get("box"), args["key"]),
+        "queue.remove": lambda args: operations.queue_remove(args.get("box"), args["key"]),
+        "routes": lambda args: operations.routes(),
+        "routes.test": lambda args: operations.route_trial(
+            args["address"], args.get("sender") or ""
+        ),
+        "messages.list": messages.list,
+        "messages.show": messages.show,
+        "messages.raw": messages.raw,
+        "activity": messages.activity,
+        "deliver": delivering,
     }
+
+
+async def receive(
+    handler: Receiver, data: bytes, sender: str, recipients: list[str]
+) -> dict[str, Any]:
+    """Deliver ``data`` from ``sender`` to ``recipients`` through the server's receiver, as a
+    client over SMTP would: the MAIL and RCPT hooks, the size limit, then DATA (journal, router,
+    reply, observers). The reply, the recipients refused at RCPT, and the delivery id."""
+    loop = asyncio.get_running_loop()
+    session, envelope = Session(loop), Envelope()
+    session.peer = session.host_name = CONSOLE_PEER
+    smtp: Any = None  # the hooks never use the SMTP session object
+    refused: dict[str, str] = {}
+    reply = await handler.handle_MAIL(smtp, session, envelope, sender, [])
+    if reply.startswith("250"):
+        for rcpt in recipients:
+            answer = await handler.handle_RCPT(smtp, session, envelope, rcpt, [])
+            if not answer.startswith("250"):
+                refused[rcpt] = answer
+        limit = handler.settings.max_message_size
+        if not envelope.rcpt_tos:
+            reply = "554 5.5.1 Error: no valid recipients"
+        elif limit and len(data) > limit:
+            reply = "552 5.3.4 Error: Too much mail data"
+        else:
+            envelope.original_content = data
+            reply = await handler.handle_DATA(smtp, session, envelope)
+    return {"reply": reply, "refused": refused, "id": delivery_id(sender, data)}
 
 
 def queue_counts(settings: Settings) -> dict[str, int | None]:

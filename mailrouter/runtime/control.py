@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 Command = Callable[[dict[str, Any]], Awaitable[Any]]
 
-MAX_REQUEST = 64 * 1024  # bytes in one request line
+MAX_REQUEST = 48 * 1024 * 1024  # bytes in one request line: a message to ``deliver`` fits
 READ_TIMEOUT = 10.0  # seconds a client may take to send its request
 _SUN_PATH = 100  # longer paths go through /proc/self/fd (sun_path holds 107 bytes and a NUL)
 

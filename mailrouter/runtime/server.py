@@ -1,6 +1,6 @@
 """The server's lifecycle: start (bind, spool, metrics), serve until a signal, reload, drain.
 
-One concept, the lifecycle, in one place (about 370 lines): start, stop and the signal-driven
+One concept, the lifecycle, in one place (about 460 lines): start, stop and the signal-driven
 ``serve`` share the state they set up and tear down in reverse, which splitting would scatter.
 """
 
@@ -11,10 +11,11 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,11 @@ from mailrouter.outbound import templates as views
 from mailrouter.queue import Queue
 from mailrouter.routing.executor import run_blocking
 from mailrouter.routing.router import Router
+from mailrouter.runtime.commands import Operations, server_commands
+from mailrouter.runtime.control import ControlServer
 from mailrouter.runtime.daemon import drop_privileges
+from mailrouter.runtime.watchdog import LoopWatchdog
+from mailrouter.runtime.web import HostedConsole
 from mailrouter.state import open_store
 
 if TYPE_CHECKING:
@@ -42,7 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PURGE_INTERVAL = 3600.0  # seconds between journal retention passes
-HANDLER_THREADS = "mailrouter-handler"  # the name prefix of the executor's threads
+HANDLER_THREADS = "mailrouter-handler"  # the name prefix of the handler executor's threads
+IO_THREADS = "mailrouter-io"  # and of the I/O executor's (journal, queues, spool, state)
 RELOAD_TIMEOUT = 60.0  # seconds the handler modules may take to import on SIGHUP
 
 
@@ -56,6 +62,7 @@ def build_router(settings: Settings, *, readonly: bool = False) -> Router:
             defaults=settings.defaults,
             lock_scope=settings.lock_scope,
             executor=ThreadPoolExecutor(settings.executor_threads, HANDLER_THREADS),
+            io_executor=ThreadPoolExecutor(settings.io_threads, IO_THREADS),
         )
         router.load(handler_modules(settings))
     except BaseException:
@@ -114,6 +121,16 @@ class Server:
         """The sessions open now."""
         return self.state.sessions
 
+    @property
+    def delivering(self) -> int:
+        """How many messages are being delivered now."""
+        return self.handler.in_flight
+
+    @property
+    def journal(self) -> Journal | None:
+        """The journal, once the server has started (None if it is off)."""
+        return self.handler.journal
+
     def _session(self) -> SMTP:
         session_class = LMTPSession if self.settings.protocol == "lmtp" else SMTPSession
         session = session_class(
@@ -132,14 +149,15 @@ class Server:
         return session
 
     async def start(self) -> None:
-        """Bind the listening socket (TCP, or a Unix socket when ``unix_socket`` is set).
+        """Bind the listening socket (TCP, or a Unix socket when ``unix_socket`` is set, with
+        ``unix_socket_mode`` and ``unix_socket_group``).
 
         The journal opens first; in spool mode, the spool's workers start next, with what an
         earlier run left.
         """
         loop = asyncio.get_running_loop()
         journal = await run_blocking(
-            self.router.executor, open_journal, self.settings.journal_store_url()
+            self.router.io_executor, open_journal, self.settings.journal_store_url()
         )
         self.handler.journal = journal
         if journal is not None:
@@ -152,7 +170,15 @@ class Server:
                 path = self.settings.path(self.settings.unix_socket)
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-                self._server = await loop.create_unix_server(self._session, str(path))
+                listener = socket.socket(socket.AF_UNIX)
+                try:  # mode and group before it listens: no client ever sees it otherwise
+                    listener.bind(str(path))
+                    os.chmod(path, int(self.settings.unix_socket_mode, 8))
+                    os.chown(path, -1, self.settings.unix_socket_gid)
+                except OSError:
+                    listener.close()
+                    raise
+                self._server = await loop.create_unix_server(self._session, sock=listener)
             else:
                 self._server = await loop.create_server(
                     self._session,
@@ -212,6 +238,10 @@ class Server:
         for session in list(self.sessions):
             session.close_with(str(replies.SHUTTING_DOWN))
         timeout = self.settings.drain_timeout if timeout is None else timeout
+        spool = self.handler.spool
+        # the spool stops taking entries now and drains beside the sessions, in one deadline;
+        # what sessions still spool meanwhile waits on disk for the next start
+        spooling = asyncio.create_task(spool.stop(timeout)) if spool is not None else None
         try:
             await asyncio.wait_for(self.handler.idle.wait(), timeout)
         except TimeoutError:
@@ -225,8 +255,8 @@ class Server:
                 session.transport.close()
         await self._server.wait_closed()
         self._server = None
-        if self.handler.spool is not None:
-            await self.handler.spool.stop(timeout)
+        if spooling is not None:
+            await spooling
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
         await self._close_journal()
@@ -236,7 +266,9 @@ class Server:
         keep = self.settings.journal_retention_days * 86400
         while True:
             try:
-                purged = await run_blocking(self.router.executor, journal.purge, time.time() - keep)
+                purged = await run_blocking(
+                    self.router.io_executor, journal.purge, time.time() - keep
+                )
             except MailRouterError as exc:
                 log.warning("cannot purge the journal: %s", exc)
             else:
@@ -252,42 +284,80 @@ class Server:
                 await self._purging
             self._purging = None
         if journal is not None:
-            await run_blocking(self.router.executor, journal.close)
+            await run_blocking(self.router.io_executor, journal.close)
 
 
-async def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Run a server for ``settings`` until SIGTERM or SIGINT; SIGHUP reloads the handlers.
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    supervisor: int | None = None,
+) -> None:
+    """Run a server for ``settings`` until SIGTERM, SIGINT or the control socket's ``stop``;
+    SIGHUP or its ``reload`` reloads the handlers. ``supervisor`` is the pid of the process
+    that forked this one as a worker: stop and reload then go through it, to every worker.
 
     The relay and the template folder handlers use are this context's, set before the socket
     opens: every session's task, and every handler thread, runs in a copy of it.
     """
     relay = outgoing.from_settings(settings)
     with outgoing.using(relay), views.using(settings.path(settings.templates)):
-        await _serve(settings, relay, on_ready)
+        await _serve(settings, relay, on_ready, supervisor)
     log.info("mailrouter stopped")
 
 
 async def _serve(
-    settings: Settings, relay: outgoing.Relay, on_ready: Callable[[str], None] | None
+    settings: Settings,
+    relay: outgoing.Relay,
+    on_ready: Callable[[str], None] | None,
+    supervisor: int | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     router = build_router(settings)
     server = Server(settings, router)
     stopping = asyncio.Event()
     retries: asyncio.Task[None] | None = None
-    reloads: set[asyncio.Task[None]] = set()
+    reloads: set[asyncio.Task[int | None]] = set()
+    control: ControlServer | None = None
+    console: HostedConsole | None = None
+    watchdog = LoopWatchdog(router, settings.loop_block_warning)
 
-    def reload() -> None:
-        task = asyncio.create_task(_reload(router, settings))
+    def on_sighup() -> None:
+        task = asyncio.create_task(_logged(_reload(router, settings)))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
+    def stop() -> None:
+        if supervisor is None:
+            stopping.set()
+        else:
+            _signal_supervisor(supervisor, signal.SIGTERM)
+
+    async def reload() -> int:
+        count = await _reload(router, settings)
+        if supervisor is not None:  # the supervisor passes it on to the other workers
+            _signal_supervisor(supervisor, signal.SIGHUP)
+        return count
+
     try:
         await server.start()
+        watchdog.start()
+        commands = server_commands(
+            server,
+            Operations(settings, router, relay),
+            stop=stop,
+            reload=reload,
+            supervisor=supervisor,
+        )
+        if settings.control_socket:
+            control = ControlServer(settings.path(settings.control_socket), commands)
+            await control.start()
+        if settings.console_port:
+            console = await HostedConsole.start(settings, server.handler, commands)
         drop_privileges(settings)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         log.info(
             "mailrouter ready on %s (pid %d, %d routes, %s)",
             server.address,
@@ -300,54 +370,86 @@ async def _serve(
             on_ready(server.address)
         await stopping.wait()
         log.info("stopping: draining deliveries")
+        if control is not None:
+            await control.stop()
         await server.stop()
     finally:
         stopping.set()
+        if control is not None:
+            await control.stop()
+        if console is not None:
+            await console.stop()
         if retries is not None:
             await retries
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         for task in list(reloads):  # a reload still importing: the old routes served to the end
             task.cancel()
+        watchdog.stop()
         router.close()
 
 
-async def _reload(router: Router, settings: Settings) -> None:
-    """SIGHUP: rebuild the routes from what the handler files say now, off the event loop.
+def _signal_supervisor(pid: int, signum: signal.Signals) -> None:
+    """Signal the workers' supervisor, only while it is still this process's parent."""
+    if os.getppid() != pid:
+        raise MailRouterError(f"the supervisor (pid {pid}) is gone; not signalling anything")
+    os.kill(pid, signum)
+
+
+async def _logged(reloading: Awaitable[int]) -> int | None:
+    """A SIGHUP's reload: its failure is logged, since nobody waits for its answer."""
+    try:
+        return await reloading
+    except MailRouterError as exc:
+        log.error("%s", exc)
+        return None
+
+
+async def _reload(router: Router, settings: Settings) -> int:
+    """Rebuild the routes from what the handler files say now, off the event loop; how many.
 
     Deleted functions and files disappear, new ones appear. A module that fails, exits or takes
-    longer than ``RELOAD_TIMEOUT`` to import is a failed reload: the old routes stay whole.
+    longer than ``RELOAD_TIMEOUT`` to import is a failed reload (a MailRouterError): the old
+    routes stay whole.
     """
     try:
         compiling = asyncio.to_thread(lambda: router.compile(handler_modules(settings)))
         table = await asyncio.wait_for(compiling, RELOAD_TIMEOUT)
     except TimeoutError:
-        log.error("reload failed, keeping the old routes: imports took over %ss", RELOAD_TIMEOUT)
-        return
+        raise MailRouterError(
+            f"reload failed, keeping the old routes: imports took over {RELOAD_TIMEOUT:g}s"
+        ) from None
     except MailRouterError as exc:
-        log.error("reload failed, keeping the old routes: %s", exc)
-        return
+        raise MailRouterError(f"reload failed, keeping the old routes: {exc}") from exc
     router.use(table)
-    log.info("reloaded handlers: %d routes", len(router.routes()))
+    count = len(router.routes())
+    log.info("reloaded handlers: %d routes", count)
+    return count
 
 
-def run_in_process(settings: Settings, on_ready: Callable[[str], None] | None = None) -> None:
+def run_in_process(
+    settings: Settings,
+    on_ready: Callable[[str], None] | None = None,
+    supervisor: int | None = None,
+) -> None:
     """``serve`` on the configured event loop: uvloop's when it is installed, unless disabled."""
     with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings, on_ready=on_ready))
+        runner.run(serve(settings, on_ready=on_ready, supervisor=supervisor))
 
 
 def leave_hung_handlers(status: int = 0) -> None:
-    """End the process now if handler threads still run after the drain (they hung past
-    ``drain_timeout``), instead of letting the interpreter wait for them at exit. What they
-    were doing was never acknowledged (direct mode) or is still in the spool."""
+    """End the process now if executor threads still run after the drain (handlers, or store
+    calls, that hung past ``drain_timeout``), instead of letting the interpreter wait for them
+    at exit. What they were doing was never acknowledged (direct mode) or is still in the spool.
+    """
     deadline = time.monotonic() + 1.0  # idle threads, told to stop, go within moments
+    ours = (HANDLER_THREADS, IO_THREADS)
     for thread in threading.enumerate():
-        if thread.name.startswith(HANDLER_THREADS):
+        if thread.name.startswith(ours):
             thread.join(max(0.0, deadline - time.monotonic()))
-    hung = [t for t in threading.enumerate() if t.name.startswith(HANDLER_THREADS)]
+    hung = [t for t in threading.enumerate() if t.name.startswith(ours)]
     if hung:
-        log.warning("exiting with %d handler threads still running", len(hung))
+        log.warning("exiting with %d executor threads still running", len(hung))
         logging.shutdown()
         os._exit(status)
 

@@ -1,0 +1,80 @@
+"""The web console in the server process: the copies of received messages, and the console's
+HTTP server on ``console_host:console_port``, in the server's own loop.
+
+The console (``mailrouter.console``, the ``mailrouter[console]`` extra) sits above the runtime
+in the package's layers: the runtime never imports it, it loads it by its import string when
+``console_port`` is set, as uvicorn loads an application (``CONSOLE``). The console calls the
+server's command table directly, the one the control socket serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Mapping
+from typing import Protocol, cast
+
+from mailrouter.config import Settings
+from mailrouter.errors import MailRouterError
+from mailrouter.inbound.handler import Receiver
+from mailrouter.runtime.control import Command
+from mailrouter.runtime.copies import MessageCopies
+
+CONSOLE = "mailrouter.console.service:serve_console"
+_EXTRA = {"starlette", "jinja2", "uvicorn", "multipart", "python_multipart", "itsdangerous"}
+
+
+class Console(Protocol):
+    """A console being served: where, and how to stop it."""
+
+    @property
+    def url(self) -> str: ...
+
+    async def stop(self) -> None: ...
+
+
+class Serve(Protocol):
+    """``CONSOLE``: starts serving the console for ``settings`` over ``commands``."""
+
+    async def __call__(self, settings: Settings, commands: Mapping[str, Command]) -> Console: ...
+
+
+def load_console() -> Serve:
+    """The console's entry point; a clear error when the extra is not installed."""
+    module, _, name = CONSOLE.partition(":")
+    try:
+        return cast(Serve, getattr(importlib.import_module(module), name))
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _EXTRA:
+            raise
+        raise MailRouterError(
+            "the console needs mailrouter[console]: pip install 'mailrouter[console]'"
+        ) from exc
+
+
+class HostedConsole:
+    """The console of a running server: kept copies of its mail, and the console itself."""
+
+    def __init__(self, copies: MessageCopies | None, console: Console) -> None:
+        self.copies = copies
+        self.console = console
+
+    @classmethod
+    async def start(
+        cls, settings: Settings, receiver: Receiver, commands: Mapping[str, Command]
+    ) -> HostedConsole:
+        """Serve the console, and keep each message's bytes from now on (``runtime.copies``;
+        not without a journal, whose entries the copies belong to)."""
+        serve = load_console()
+        console = await serve(settings, commands)
+        copies = MessageCopies.of_settings(settings)
+        if copies is not None and settings.journal_url.strip():
+            copies.start()
+            receiver.observers.append(copies.observe)
+        return cls(copies, console)
+
+    async def stop(self) -> None:
+        """Stop serving the console, then let the copies being written finish."""
+        await self.console.stop()
+        if self.copies is not None:
+            await asyncio.to_thread(self.copies.stop)
