@@ -7,9 +7,9 @@ import shlex
 import click
 
 from mailrouter.cli.common import config_option, open_router, project_settings, table
-from mailrouter.message import MailRequest
 from mailrouter.routing.router import Match, Router
-from mailrouter.state import ERROR, read_reason
+from mailrouter.runtime.routes import in_error
+from mailrouter.state.entries import ErrorReason
 
 
 @click.command()
@@ -33,7 +33,7 @@ def routes(ctx: click.Context, config: str, address: str | None, sender: str) ->
             return
         plan = router.plan(address, sender)
         matching = router.match(address)
-        stuck = [] if plan else _in_error(router, matching, address, sender)
+        stuck = [] if plan else _stuck_lines(router, matching, address, sender)
     if not plan:
         why = f" ({len(matching)} matching, none in the sender's state)" if matching else ""
         click.echo(f"no handler for {address}{why}")
@@ -51,22 +51,20 @@ def routes(ctx: click.Context, config: str, address: str | None, sender: str) ->
     click.echo(table(("HANDLER", "PATTERN", "CAPTURES"), rows))
 
 
-def _in_error(router: Router, matching: list[Match], address: str, sender: str) -> list[str]:
+def _stuck_lines(router: Router, matching: list[Match], address: str, sender: str) -> list[str]:
     """A line for each matching state machine the sender is in ERROR in: why, and the cure."""
-    probe = MailRequest(None, sender, [address], b"")
-    keys = dict.fromkeys(
-        router.state_key(found.handler.module, probe)
-        for found in matching
-        if not found.handler.stateless
-    )
     lines = []
-    for key in keys:
-        if router.store.get(key, probe.route_from) != ERROR:
-            continue
-        reason = read_reason(router.store, key, probe.route_from)
-        why = reason.describe() if reason is not None else "(no reason recorded)"
-        cure = f"mailrouter state reset {shlex.quote(probe.route_from)} --key {shlex.quote(key)}"
-        lines.append(f"{key}: ERROR {why} (recover: {cure})")
+    for stuck in in_error(router, matching, address, sender):
+        why = (
+            ErrorReason(stuck["handler"], stuck["error"], stuck["time"]).describe()
+            if stuck["handler"] is not None
+            else "(no reason recorded)"
+        )
+        cure = (
+            f"mailrouter state reset {shlex.quote(stuck['sender'])}"
+            f" --key {shlex.quote(stuck['key'])}"
+        )
+        lines.append(f"{stuck['key']}: ERROR {why} (recover: {cure})")
     return lines
 
 

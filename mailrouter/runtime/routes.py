@@ -63,7 +63,7 @@ def route_trial(router: Router, address: str, sender: str = "") -> dict[str, Any
         "sender": sender,
         "plan": [_match_json(found) for found in plan],
         "matching": [_match_json(found) for found in matching],
-        "errors": [] if plan else _in_error(router, matching, address, sender),
+        "errors": [] if plan else in_error(router, matching, address, sender),
     }
 
 
@@ -76,7 +76,7 @@ def _match_json(found: Match) -> dict[str, Any]:
     }
 
 
-def _in_error(
+def in_error(
     router: Router, matching: list[Match], address: str, sender: str
 ) -> list[dict[str, Any]]:
     """The state machines among ``matching`` that ``sender`` is in ERROR in, with why."""
