@@ -100,7 +100,7 @@ class Settings:
     console_host: str = "127.0.0.1"
     console_token: str = ""
     console_token_file: str = "run/console.token"
-    console_messages: str = "run/messages"
+    console_messages: str = "run/messages.db"
     user: str = ""
     group: str = ""
     allow_root: bool = False

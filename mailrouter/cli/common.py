@@ -109,8 +109,8 @@ SETTING_HELP = {
     "console_token": "The console's login token (empty: one is made at first start, printed"
     " once, and only its hash kept in console_token_file).",
     "console_token_file": "Where the hash of the generated console token is kept (mode 0600).",
-    "console_messages": "Folder of the received messages' bytes, kept while the console is on"
-    " (for its message page), purged with the journal ('': none kept).",
+    "console_messages": "SQLite file of the received messages' bytes, kept while the console is"
+    " on (for its message page), purged with the journal ('': none kept).",
     "user": "When started as root: the user to switch to after binding.",
     "group": "When started as root: the group to switch to after binding.",
     "allow_root": "Allow the server to keep running as root (not recommended).",

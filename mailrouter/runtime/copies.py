@@ -3,12 +3,13 @@
 The journal keeps each message's envelope, headers and outcomes, not its bytes. While the
 console is on (``console_port``), the server registers ``MessageCopies.observe`` with the
 receiver: it only puts the bytes on a list. After the event loop's pass (the replies of that
-pass written, so never on the way to a 250), one thread of its own writes the batch, each
-message to ``console_messages/<delivery id>`` (written to a temporary name, then renamed into
-place): one thread hop per batch, not per message. It is a convenience copy, not the
-delivery promise: no fsync, and a failed write is logged and forgotten. Copies older than the
-journal's retention are purged by the same thread, at start and then hourly as mail arrives.
-``console_messages = ""`` keeps none.
+pass written, so never on the way to a 250), one thread of its own writes the batch into one
+SQLite file, ``console_messages`` (a row per delivery id), in one transaction: one thread hop
+and one commit per batch, not per message, and no file created per message, whose metadata
+every fsync of the journal on the same filesystem would have to carry. It is a convenience
+copy, not the delivery promise: ``synchronous = OFF``, and a failed write is logged and
+forgotten. Copies older than the journal's retention are purged by the same thread, at start
+and then hourly as mail arrives. ``console_messages = ""`` keeps none.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
+import sqlite3
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mailrouter.config import Settings
 from mailrouter.inbound.outcome import DeliveryRecord
 from mailrouter.message import delivery_id
+from mailrouter.state.sqlite import switch_to_wal
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +38,12 @@ _ID = re.compile(r"[0-9a-f]{32}")
 
 
 class MessageCopies:
-    """The folder of kept messages, named by delivery id; ``observe`` is a receiver observer."""
+    """The kept messages, by delivery id, in one SQLite file; ``observe`` is a receiver observer."""
 
-    def __init__(self, folder: Path, retention_days: float) -> None:
-        self.folder = folder
+    def __init__(self, path: Path, retention_days: float) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._guard = threading.Lock()  # the writer thread, and a purge called from elsewhere
         self.retention = retention_days * 86400  # seconds
         self._writer: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -62,7 +68,14 @@ class MessageCopies:
         self._flush()
         writer, self._writer = self._writer, None
         if writer is not None:
+            writer.submit(self._close)
             writer.shutdown(wait=True)
+
+    def _close(self) -> None:
+        with self._guard:
+            db, self._db = self._db, None
+            if db is not None:
+                db.close()
 
     def observe(self, record: DeliveryRecord) -> None:
         """Keep ``record``'s bytes, once the reply is on its way (see the module doc)."""
@@ -82,19 +95,15 @@ class MessageCopies:
         self._purge_due()
 
     def keep(self, batch: list[tuple[str, bytes]]) -> None:
-        """Write each (sender, bytes) copy to a temporary name, then rename it into place:
-        os-level calls on the folder's descriptor, a few system calls a copy. Blocks."""
+        """Write each (sender, bytes) copy, the batch in one transaction. Blocks."""
+        rows = [(delivery_id(sender, data), time.time(), data) for sender, data in batch]
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as exc:
-            log.warning("cannot keep copies of messages in %s: %s", self.folder, exc)
-            return
-        try:
-            for sender, data in batch:
-                _write_one(folder, delivery_id(sender, data), data)
-        finally:
-            os.close(folder)
+            with self._database() as db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO copies (id, kept_at, data) VALUES (?, ?, ?)", rows
+                )
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("cannot keep copies of messages in %s: %s", self.path, exc)
 
     def _purge_due(self) -> None:
         now = time.time()
@@ -103,38 +112,47 @@ class MessageCopies:
             self.purge(now - self.retention)
 
     def purge(self, before: float) -> int:
-        """Delete the copies last written before ``before`` (epoch seconds); how many."""
-        removed = 0
-        with contextlib.suppress(FileNotFoundError):
-            for path in self.folder.iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    if path.stat().st_mtime < before:
-                        path.unlink()
-                        removed += 1
+        """Delete the copies kept before ``before`` (epoch seconds); how many."""
+        try:
+            with self._database() as db:
+                removed = db.execute("DELETE FROM copies WHERE kept_at < ?", (before,)).rowcount
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("cannot purge the message copies in %s: %s", self.path, exc)
+            return 0
         if removed:
             log.info("purged %d kept message copies", removed)
-        return removed
+        return int(removed)
 
     def read(self, ident: str) -> bytes | None:
         """The bytes kept for delivery id ``ident``, or None."""
-        if not _ID.fullmatch(ident):
+        if not _ID.fullmatch(ident) or not self.path.exists():
             return None
-        try:
-            return (self.folder / ident).read_bytes()
-        except FileNotFoundError:
-            return None
+        with contextlib.closing(sqlite3.connect(self.path, timeout=10.0)) as db:
+            try:
+                row = db.execute("SELECT data FROM copies WHERE id = ?", (ident,)).fetchone()
+            except sqlite3.OperationalError:  # no table yet
+                return None
+        return None if row is None else bytes(row[0])
 
+    @contextlib.contextmanager
+    def _database(self) -> Iterator[sqlite3.Connection]:
+        """The writer's connection (opened once), in a transaction, one caller at a time."""
+        with self._guard:
+            db = self._open()
+            with db:
+                yield db
 
-def _write_one(folder: int, ident: str, data: bytes) -> None:
-    temporary = f".{ident}.tmp"
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=folder)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.rename(temporary, ident, src_dir_fd=folder, dst_dir_fd=folder)
-    except OSError as exc:
-        log.warning("cannot keep a copy of message %s: %s", ident, exc)
-        with contextlib.suppress(OSError):
-            os.unlink(temporary, dir_fd=folder)
+    def _open(self) -> sqlite3.Connection:
+        """The connection, opened and the table made on first use."""
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+            switch_to_wal(db, 10.0)
+            db.execute("PRAGMA synchronous = OFF")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS copies"
+                " (id TEXT PRIMARY KEY, kept_at REAL NOT NULL, data BLOB NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS copies_kept_at ON copies (kept_at)")
+            self._db = db
+        return self._db

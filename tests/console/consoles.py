@@ -4,8 +4,10 @@ logged-in HTTP client that sends what a browser sends (the Origin, the session's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import smtplib
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -144,3 +146,9 @@ def message(subject: str = "hello", *, sender: str = "joe@example.org", to: str 
         ' filename="report.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n'
         "--XX--\r\n"
     ).encode()
+
+
+def forget_copy(path: Path, ident: str) -> None:
+    """Drop the kept copy of message ``ident``, as if the console had been off when it came."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        assert db.execute("DELETE FROM copies WHERE id = ?", (ident,)).rowcount == 1

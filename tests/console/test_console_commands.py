@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
+import contextlib
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from consoles import APP, message
+from consoles import APP, forget_copy, message
 from helpers import Sink, running, sink_server, until
 
 from mailrouter import MailResponse
@@ -88,7 +89,7 @@ async def test_messages_activity_and_raw_bytes(tmp_path: Path, app: str) -> None
             await table["messages.list"]({"status": "lost"})
 
         queued = listed[0]
-        (tmp_path / "run" / "messages" / queued["id"]).unlink()  # the copy deliver kept
+        forget_copy(tmp_path / "run" / "messages.db", queued["id"])  # the copy deliver kept
         raw = await table["messages.raw"]({"id": queued["id"]})  # no copy: the queue's entry
         assert base64.b64decode(raw["data"]) == message("queued")
         assert (await table["messages.show"]({"id": queued["id"]}))["kept"] is True
@@ -168,13 +169,12 @@ async def test_routes_and_the_tester(tmp_path: Path, app: str) -> None:
 
 
 def test_kept_copies_are_purged_with_the_journals_retention(tmp_path: Path) -> None:
-    copies = MessageCopies(tmp_path / "messages", retention_days=30)
-    (tmp_path / "messages").mkdir()
-    old, new = tmp_path / "messages" / ("a" * 32), tmp_path / "messages" / ("b" * 32)
-    old.write_bytes(b"old")
-    new.write_bytes(b"new")
-    month_ago = time.time() - 31 * 86400
-    os.utime(old, (month_ago, month_ago))
+    copies = MessageCopies(tmp_path / "messages.db", retention_days=30)
+    copies.keep([("old@example.org", b"old"), ("new@example.org", b"new")])
+    old, new = delivery_id("old@example.org", b"old"), delivery_id("new@example.org", b"new")
+    with contextlib.closing(sqlite3.connect(copies.path)) as db, db:
+        db.execute("UPDATE copies SET kept_at = ? WHERE id = ?", (time.time() - 31 * 86400, old))
     assert copies.purge(time.time() - copies.retention) == 1
-    assert copies.read("a" * 32) is None and copies.read("b" * 32) == b"new"
+    assert copies.read(old) is None and copies.read(new) == b"new"
     assert copies.read("../" + "b" * 29) is None  # only delivery ids name a copy
+    copies.stop()

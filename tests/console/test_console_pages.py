@@ -7,10 +7,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from consoles import APP, Browser, Live, browser, console, message, sent
+from consoles import APP, Browser, Live, browser, console, forget_copy, message, sent
 from helpers import until
 
 from mailrouter.message import delivery_id
+from mailrouter.runtime.copies import MessageCopies
 
 __all__ = ["APP"]  # the conftest's ``app`` fixture loads it
 
@@ -96,9 +97,9 @@ async def test_a_message_received_with_the_console_off_says_its_bytes_were_not_k
     (tmp_path / "a").mkdir()
     async with console(tmp_path / "a", app) as first:
         await sent(first, SENDER, ["ok@example.com"], data)
-    kept = tmp_path / "a" / "run" / "messages" / delivery_id(SENDER, data)
-    await until(kept.exists)
-    kept.unlink()  # as if it had arrived while the console was off
+    copies = MessageCopies(tmp_path / "a" / "run" / "messages.db", retention_days=30)
+    await until(lambda: copies.read(delivery_id(SENDER, data)) is not None)
+    forget_copy(copies.path, delivery_id(SENDER, data))  # as if the console had been off
     async with console(tmp_path / "a", app) as live, browser(live.url) as visitor:
         page = await visitor.get(f"/messages/{delivery_id(SENDER, data)}")
         assert "the message&#39;s bytes were not kept (the console was off" in page.text
