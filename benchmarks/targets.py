@@ -46,6 +46,16 @@ def START(message, host=None):
     return None
 """
 
+# The same, for DMARC-aligned senders only: anyone else's mail would be queued.
+AUTHENTICATED_HANDLER = """
+from mailrouter import authenticated, route
+
+@route("bench@(host)")
+@authenticated
+def START(message, host=None):
+    return None
+"""
+
 SLOW_HANDLER = """
 import time
 from mailrouter import route
@@ -255,7 +265,9 @@ def sink(folder: Path) -> Spec:
 def mailrouter(
     folder: Path, name: str = "mailrouter", handler: str = HANDLER, **settings: object
 ) -> Spec:
-    """A mailrouter project in ``folder/name`` with one handler module and extra settings."""
+    """A mailrouter project in ``folder/name`` with one handler module and extra settings;
+    sender authentication is off unless they say otherwise (no DNS beyond the loopback)."""
+    settings.setdefault("auth_policy", "off")
     project = folder / re.sub(r"\W+", "-", name)
     (project / "config" / "handlers").mkdir(parents=True, exist_ok=True)
     lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in settings.items())

@@ -60,8 +60,10 @@ def answer(command: MailRequest, name: str, host: str, kind: Answer, token: str 
 
 
 def distribute(post: MailRequest, name: str, host: str, members: Sequence[str]) -> None:
-    """Send a copy of ``post`` to ``members``, its subject tagged ``[name]``, with list headers."""
-    copy = message_from_bytes(post.data, policy=policy.default)  # post.message is shared
+    """Send a copy of ``post`` to ``members``, its subject tagged ``[name]``, with list headers
+    and the Authentication-Results of the post (by the list's host)."""
+    results = post.auth.header(host).encode() + b"\r\n" if post.auth is not None else b""
+    copy = message_from_bytes(results + post.data, policy=policy.default)  # not post.message
     assert isinstance(copy, EmailMessage)
     subject = " ".join((post["Subject"] or "").split())  # encoded words may hide CR/LF
     tag = f"[{name}]"

@@ -11,6 +11,12 @@ For a list NAME at the host (the router's ``host`` default):
 
 Answers and copies of posts go out through ``mailrouter.outbound.sender`` (see ``listmail.py``).
 
+Confirming and posting are ``@authenticated``: they run only for a sender whose From: domain
+passes DMARC, so a forged member's post never reaches the list (it waits in the undeliverable
+queue as ``unauthenticated sender``). That holds for everything a pending or member sender
+does, and for a state the list file implies too: ``resume`` refuses to move an unauthenticated
+sender into one.
+
 States: START -> CONFIRMING -> POSTING -> START, kept per list by ``list_state_key``, so one
 sender can be a member of one list and confirming another. The list file (``lists.py``) is the
 record of membership: a state it contradicts (a lost state store, an edited file, ERROR after a
@@ -24,7 +30,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailrouter import MailRequest, SMTPError, route, route_like, state_key_generator, stateless
+from mailrouter import (
+    MailRequest,
+    SMTPError,
+    authenticated,
+    route,
+    route_like,
+    state_key_generator,
+    stateless,
+)
 from mailrouter.message import normalize_address
 from mailrouter.outbound.response import is_automatic
 
@@ -68,7 +82,11 @@ class _Ask:
         listmail.answer(self.message, self.list, self.host, kind, token)
 
     def resume(self, state: State) -> State:
-        """Handle this message in ``state`` instead; stay there unless it moves on."""
+        """Handle this message in ``state`` instead; stay there unless it moves on. Only an
+        authenticated sender is moved into the @authenticated states."""
+        auth = self.message.auth
+        if state is not START and (auth is None or auth.aligned_domain is None):
+            raise SMTPError(550, f"5.7.1 Sender not authenticated for {self.address()}")
         return state(self.message, self.list, self.action, self.token, self.host) or state
 
 
@@ -131,6 +149,7 @@ def START(ask: _Ask) -> State | None:
 
 
 @route_like(START)
+@authenticated
 @_list_state("pending")
 def CONFIRMING(ask: _Ask) -> State | None:
     """Waiting for the token: the right one makes a member; subscribing again resends it."""
@@ -151,6 +170,7 @@ def CONFIRMING(ask: _Ask) -> State | None:
 
 
 @route_like(START)
+@authenticated
 @_list_state("member")
 def POSTING(ask: _Ask) -> State | None:
     """A member: posts go to every member; unsubscribing leaves the list."""

@@ -6,11 +6,14 @@ Handler modules declare routes with the decorators; a ``Router`` loads them and 
 
 from __future__ import annotations
 
+from mailrouter.bounce import Bounce
 from mailrouter.errors import MailRouterError, SMTPError
 from mailrouter.message import MailRequest
 from mailrouter.outbound.response import MailResponse, reply
 from mailrouter.replies import Reply
 from mailrouter.routing.decorators import (
+    authenticated,
+    bounce_to,
     nolocking,
     route,
     route_like,
@@ -26,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ERROR",
     "START",
+    "Bounce",
     "DeliveryResult",
     "MailRequest",
     "MailResponse",
@@ -35,6 +39,8 @@ __all__ = [
     "SMTPError",
     "StateStorage",
     "__version__",
+    "authenticated",
+    "bounce_to",
     "nolocking",
     "reply",
     "route",

@@ -11,7 +11,9 @@ from email import message_from_bytes, policy
 from email.errors import MessageDefect
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from typing import Any
+from typing import Any, Protocol
+
+from mailrouter.bounce import Bounce, read_bounce
 
 _NEEDS_PARSING = re.compile(r'[<>"(),;:\\\s]')
 
@@ -38,6 +40,18 @@ _DECLARATION = re.compile(
 Peer = Any  # a (host, port) tuple for TCP, a path string for a Unix socket, or None
 
 
+class Authentication(Protocol):
+    """What sender authentication found (``mailrouter.inbound.auth.AuthResults``): the parts
+    that routing and the relay use."""
+
+    @property
+    def aligned_domain(self) -> str | None:
+        """The From: domain when DMARC passes, else None."""
+
+    def header(self, authserv_id: str) -> str:
+        """The results as an ``Authentication-Results:`` header field."""
+
+
 def normalize_address(address: str) -> str:
     """The bare, case-folded address in ``address``: ``Joe <JOE@x.org>`` -> ``joe@x.org``.
 
@@ -57,10 +71,12 @@ def normalize_address(address: str) -> str:
 class _Parsed:
     """The parse of a message's bytes, done once and shared by every view of that message."""
 
-    __slots__ = ("message",)
+    __slots__ = ("bounce", "bounce_read", "message")
 
     def __init__(self) -> None:
         self.message: EmailMessage | None = None
+        self.bounce: Bounce | None = None
+        self.bounce_read = False
 
 
 def delivery_id(sender: str, data: bytes) -> str:
@@ -168,6 +184,7 @@ class MailRequest:
         "_parsed",
         "_route_from",
         "attempt",
+        "auth",
         "data",
         "peer",
         "recipient",
@@ -195,6 +212,8 @@ class MailRequest:
         self._delivery_id: str | None = None
         #: how many times this message has been received: 1, or more for an MTA's retries
         self.attempt = 1
+        #: SPF, DKIM, DMARC and ARC results (``AuthResults``); None when not verified
+        self.auth: Authentication | None = None
 
     def for_recipient(self, recipient: str) -> MailRequest:
         """A view of this message while it is routed to ``recipient`` (the parse is shared)."""
@@ -203,6 +222,7 @@ class MailRequest:
         view.data, view._parsed, view.recipient = self.data, self._parsed, recipient
         view._route_from = self._route_from
         view._delivery_id, view.attempt = self._delivery_id, self.attempt
+        view.auth = self.auth
         return view
 
     @property
@@ -215,10 +235,15 @@ class MailRequest:
 
     @property
     def route_from(self) -> str:
-        """The normalised envelope sender: the identity a conversation's state is kept under."""
+        """The identity a conversation's state is kept under: the normalised envelope sender,
+        unless the router keys states on the From: address (``state_sender``)."""
         if self._route_from is None:
             self._route_from = normalize_address(self.sender)
         return self._route_from
+
+    @route_from.setter
+    def route_from(self, address: str) -> None:
+        self._route_from = normalize_address(address)
 
     @property
     def message(self) -> EmailMessage:
@@ -281,13 +306,19 @@ class MailRequest:
         except Exception:
             return
 
+    @property
+    def bounce(self) -> Bounce | None:
+        """What this bounce reports (``mailrouter.bounce``), read on first access, once; None
+        for a message that is no bounce (an auto-reply is none)."""
+        parsed = self._parsed
+        if not parsed.bounce_read:
+            parsed.bounce, parsed.bounce_read = read_bounce(self.message, self.sender), True
+        return parsed.bounce
+
     def is_bounce(self) -> bool:
-        """True for the null sender ``<>`` or a delivery-status report (RFC 3464)."""
-        if self.route_from == "":
-            return True
-        content_type = self.message.get_content_type()
-        report_type = self.message.get_param("report-type", "", header="content-type")
-        return content_type == "multipart/report" and str(report_type).lower() == "delivery-status"
+        """True for a delivery status notification (RFC 3464) or another MTA's failure notice
+        (flufl.bounce's detectors); not for an auto-reply, nor the null sender alone."""
+        return self.bounce is not None
 
     def __repr__(self) -> str:
         return (

@@ -69,6 +69,14 @@ SESSION_TIMEOUT = _reply(
     Status.SERVICE_UNAVAILABLE, "4.4.2 Session time limit exceeded, closing connection"
 )
 TLS_FAILED = _reply(Status.TLS_UNAVAILABLE, "4.7.0 TLS handshake failed")
+# sender authentication: a DMARC failure under p=reject (auth_policy = "enforce"), and an
+# @authenticated handler's sender that is not DMARC-aligned (reject_unauthenticated)
+DMARC_REJECTED = _reply(
+    Status.MAILBOX_UNAVAILABLE, "5.7.1 Rejected by the From: domain's DMARC policy"
+)
+UNAUTHENTICATED = _reply(
+    Status.MAILBOX_UNAVAILABLE, "5.7.1 Sender not authenticated: From: domain not DMARC-aligned"
+)
 
 
 def no_route(recipient: str) -> Reply:

@@ -20,9 +20,11 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Unpack
 
-from mailrouter.message import MailRequest
+from mailrouter.inbound.auth.results import ARCResult, AuthResults, DMARCResult, SPFResult
+from mailrouter.message import MailRequest, normalize_address
 from mailrouter.outbound import sender as relay
 from mailrouter.outbound.sender import Sendable, Sender, SendOptions, SendResult, prepare
+from mailrouter.outbound.verp import envelopes
 from mailrouter.routing.result import DeliveryResult
 from mailrouter.routing.router import Router
 
@@ -47,13 +49,14 @@ class Outbox(Sender):
         self.sent: list[Sent] = []
 
     def send(self, msg: Sendable, **kw: Unpack[SendOptions]) -> SendResult:
-        """Keep ``msg``; it counts as delivered to every recipient (``check`` has nothing to
-        check)."""
+        """Keep ``msg`` (with ``verp``, one ``Sent`` per recipient, each with its return path);
+        it counts as delivered to every recipient (``check`` has nothing to check)."""
         envelope = prepare(msg, kw.get("sender"), kw.get("recipients"))
         envelope_sender, rcpts, data, message_id = envelope
         parsed = message_from_bytes(data, policy=policy.default)
         assert isinstance(parsed, EmailMessage)
-        self.sent.append(Sent(envelope_sender, tuple(rcpts), parsed))
+        for return_path, to in envelopes(envelope_sender, rcpts, kw.get("verp", False)):
+            self.sent.append(Sent(return_path, tuple(to), parsed))
         return SendResult(message_id, envelope_sender, delivered=tuple(rcpts))
 
     async def send_async(self, msg: Sendable, **kw: Unpack[SendOptions]) -> SendResult:
@@ -74,9 +77,22 @@ class Outbox(Sender):
         self.sent.clear()
 
 
+def authenticated_as(sender: str) -> AuthResults:
+    """The results of mail that ``sender``'s domain sent itself: SPF and DMARC pass (what
+    ``Conversation`` gives its messages, so that ``@authenticated`` handlers run)."""
+    domain = normalize_address(sender).rpartition("@")[2]
+    return AuthResults(
+        SPFResult("pass", "a conversation in-process", domain, sender),
+        (),
+        DMARCResult("pass", "SPF aligned", domain, "none", "none"),
+        ARCResult("none"),
+    )
+
+
 class Conversation:
     """Talks to a router as one sender, in-process, with outgoing mail kept in an ``Outbox``
-    (the relay of each delivery ``say`` makes)."""
+    (the relay of each delivery ``say`` makes). Its messages count as authenticated (see
+    ``authenticated_as``) unless ``say(..., authenticated=False)``: a forged sender."""
 
     def __init__(self, router: Router, outbox: Outbox, sender: str = "tester@example.org") -> None:
         self.router = router
@@ -84,13 +100,26 @@ class Conversation:
         self.sender = sender
 
     def say(
-        self, to: str | Sequence[str], subject: str = "", body: str = "", sender: str | None = None
+        self,
+        to: str | Sequence[str],
+        subject: str = "",
+        body: str = "",
+        sender: str | None = None,
+        *,
+        authenticated: bool = True,
     ) -> DeliveryResult:
-        """Deliver a message from ``sender`` (default: this conversation's) to ``to``."""
-        return asyncio.run(self.say_async(to, subject, body, sender))
+        """Deliver a message from ``sender`` (default: this conversation's) to ``to``; with
+        ``authenticated=False`` its From: domain fails DMARC."""
+        return asyncio.run(self.say_async(to, subject, body, sender, authenticated=authenticated))
 
     async def say_async(
-        self, to: str | Sequence[str], subject: str = "", body: str = "", sender: str | None = None
+        self,
+        to: str | Sequence[str],
+        subject: str = "",
+        body: str = "",
+        sender: str | None = None,
+        *,
+        authenticated: bool = True,
     ) -> DeliveryResult:
         """``say`` for async tests."""
         recipients = [to] if isinstance(to, str) else list(to)
@@ -101,10 +130,11 @@ class Conversation:
         message["Message-ID"] = make_msgid(domain="test.invalid")
         message.set_content(body)
         data = message.as_bytes(policy=policy.SMTP)
+        request = MailRequest(("127.0.0.1", 0), sender, recipients, data)
+        if authenticated:
+            request.auth = authenticated_as(sender)
         with relay.using(self.outbox):
-            return await self.router.deliver(
-                MailRequest(("127.0.0.1", 0), sender, recipients, data)
-            )
+            return await self.router.deliver(request)
 
     def assert_in_state(self, module: str, sender: str, state: str, to: str = "") -> None:
         """Fail unless ``module`` is in ``state`` for ``sender`` (for mail to ``to``, when the

@@ -18,11 +18,13 @@ from typing import Any
 
 import helpers
 import pytest
+from dnszone import Zone
+from dnszone import serving as serving_dns
 from helpers import Project, Received, Sink, serving, sink_server
 
 from mailrouter import MailRequest, Reply, Router
 from mailrouter.config import FIELDS, Settings, load_settings
-from mailrouter.testing import Conversation, Outbox
+from mailrouter.testing import Conversation, Outbox, authenticated_as
 
 ROOT = Path(__file__).resolve().parent.parent
 LIST = "handlers_example.mailinglist"
@@ -66,7 +68,9 @@ def accepted(talk: Conversation, sender: str, to: str, subject: str = "Hello") -
 def deliver(router: Router, sender: str, to: str, headers: str = "", body: str = "x\r\n") -> Reply:
     """Deliver a message with extra ``headers`` (which ``Conversation.say`` cannot add)."""
     data = f"From: {sender or 'daemon@x.org'}\r\nSubject: Hi\r\n{headers}\r\n{body}".encode()
-    (reply,) = asyncio.run(router.deliver(MailRequest(None, sender, [to], data))).replies
+    request = MailRequest(None, sender, [to], data)
+    request.auth = authenticated_as(sender or "daemon@x.org")  # as Conversation.say does
+    (reply,) = asyncio.run(router.deliver(request)).replies
     return reply
 
 
@@ -308,6 +312,7 @@ async def test_the_default_config_parses_and_runs(
     for line in (ROOT / "config" / "mailrouter.toml").read_text().splitlines():
         if re.match(r"# (\w+) = ", line) and line[2:].split()[0] in FIELDS:
             documented.update(tomllib.loads(line[2:]))
+    documented = {k: tuple(v) if isinstance(v, list) else v for k, v in documented.items()}
     built_in = Settings()
     assert documented == {
         name: getattr(built_in, name)
@@ -331,6 +336,7 @@ CONFIG = """
 handlers = ["handlers_example.mailinglist"]
 relay_host = "127.0.0.1"
 relay_port = {port}
+dns_nameservers = ["{dns}"]
 [defaults]
 host = 'example\\.com'
 """
@@ -372,8 +378,20 @@ async def test_the_whole_conversation_over_smtp_through_the_relay(
     sink = Sink()
     project = Project(tmp_path / "project")
     (project.folder / "config").mkdir(parents=True)
+    zone = Zone()
+    for member in (JOE, ANN, BOB):  # the members' own domains send their mail: DMARC passes
+        domain = member.partition("@")[2]
+        zone.spf(domain, "v=spf1 ip4:127.0.0.1 -all")
+        zone.dmarc(domain, "v=DMARC1; p=reject")
+    with serving_dns(zone):
+        await converse(project, sink, zone.address)
+
+
+async def converse(project: Project, sink: Sink, dns: str) -> None:
+    """Subscribe three members, post, unsubscribe one, post again: each step's mail arrives."""
     async with sink_server(sink) as sink_port:
-        (project.folder / "config" / "mailrouter.toml").write_text(CONFIG.format(port=sink_port))
+        config = CONFIG.format(port=sink_port, dns=dns)
+        (project.folder / "config" / "mailrouter.toml").write_text(config)
         port, _ = await asyncio.to_thread(project.start)
         try:
             for member in (JOE, ANN, BOB):

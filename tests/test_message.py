@@ -23,7 +23,8 @@ BOUNCE = (
     b"From: MAILER-DAEMON@x.org\r\nSubject: failure\r\nMIME-Version: 1.0\r\n"
     b"Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n"
     b"--B\r\nContent-Type: text/plain\r\n\r\nIt failed.\r\n"
-    b"--B\r\nContent-Type: message/delivery-status\r\n\r\nStatus: 5.1.1\r\n--B--\r\n"
+    b"--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x.org\r\n\r\n"
+    b"Final-Recipient: rfc822; gone@x.org\r\nAction: failed\r\nStatus: 5.1.1\r\n--B--\r\n"
 )
 
 
@@ -71,10 +72,12 @@ def test_parse_is_lazy_and_shared_between_recipient_views() -> None:
 
 
 def test_bounces() -> None:
-    assert request(MULTIPART, sender="").is_bounce()
-    assert request(MULTIPART, sender="<>").is_bounce()
     assert request(BOUNCE, sender="postmaster@x.org").is_bounce()
+    assert request(BOUNCE, sender="").is_bounce()
     assert not request(MULTIPART).is_bounce()
+    # the null sender alone is no bounce (auto-replies come from it too: tests/bounce/)
+    assert not request(MULTIPART, sender="").is_bounce()
+    assert not request(MULTIPART, sender="<>").is_bounce()
 
 
 def test_normalize_address() -> None:

@@ -6,7 +6,7 @@ import json
 import os
 import signal
 from collections.abc import Callable
-from typing import Any, get_args, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import click
 
@@ -37,8 +37,8 @@ def setting_options(func: F) -> F:
         extra: dict[str, Any] = {}
         if kind is bool:
             flag = f"{flag}/--no-{flag[2:]}"
-        elif name == "handlers":
-            extra = {"multiple": True, "metavar": "MODULE"}
+        elif get_origin(kind) is tuple:
+            extra = {"multiple": True, "metavar": "MODULE" if name == "handlers" else "TEXT"}
         elif name in ("port", "metrics_port"):
             extra = {"type": click.IntRange(0, 65535)}
         elif get_args(kind):
@@ -61,8 +61,9 @@ def setting_options(func: F) -> F:
 @setting_options
 def start(config: str, foreground: bool, **overrides: Any) -> None:
     """Start the server (in the background unless --foreground)."""
-    if overrides.get("handlers") == ():
-        overrides["handlers"] = None
+    for name, value in overrides.items():
+        if value == () and get_origin(_TYPES[name]) is tuple:
+            overrides[name] = None  # a list option not given: the file's and env's value
     settings = project_settings(config, overrides)
     from mailrouter.runtime.launch import run
     from mailrouter.runtime.server import leave_hung_handlers

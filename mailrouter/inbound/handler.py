@@ -13,6 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 from mailrouter import replies
 from mailrouter.config import Settings
 from mailrouter.errors import QueueError, QueueFullError
+from mailrouter.inbound.auth import verifier_for
 from mailrouter.inbound.ledger import JournalLedger
 from mailrouter.inbound.outcome import DeliveryRecord, Observer
 from mailrouter.inbound.spool import Spool
@@ -50,6 +51,12 @@ class Receiver(HookListing):
         self.spool = spool  # spool mode: where messages go before the router
         self.journal = journal  # what became of each message; which recipients are done
         self.hostname = settings.hostname or socket.getfqdn()  # once, not per message
+        # sender authentication: this receiver's, and the router's for mail it routes later
+        # (from the spool, a replay); the router's sender rules are the settings' too
+        self.verifier = verifier_for(settings)
+        router.authenticator = self.verifier.verify if self.verifier is not None else None
+        router.state_sender = settings.state_sender
+        router.reject_unauthenticated = settings.reject_unauthenticated
         self.lmtp = settings.protocol == "lmtp"
         self.observers: list[Observer] = []  # told of each message (metrics, delivery log)
         self.in_flight = 0
@@ -116,6 +123,13 @@ class Receiver(HookListing):
                 ledger = await JournalLedger.begin(
                     self.journal, request, helo, self.router.io_executor
                 )
+            refusal = await self._authenticate(request, helo, message_id)
+            if refusal is not None:
+                answers = refusal.to(request.recipients)
+                reply = self._reply(answers, message_id)
+                if ledger is not None:
+                    await ledger.settle(answers, None, reply, time.perf_counter() - started)
+                return reply, None
             if self.spool is not None:
                 return await self._spool(self.spool, request, ledger, started), None
             answers, result = await self._route(request, message_id, ledger)
@@ -132,6 +146,22 @@ class Receiver(HookListing):
             self.in_flight -= 1
             if not self.in_flight:
                 self.idle.set()
+
+    async def _authenticate(self, request: MailRequest, helo: str, message_id: str) -> Reply | None:
+        """Verify the sender (``message.auth``), after the DATA checks and before any handler;
+        with ``auth_policy = "enforce"``, the refusal of a DMARC failure under p=reject."""
+        if self.verifier is None:
+            return None
+        request.auth = auth = await self.verifier.verify(request, helo)
+        dmarc = auth.dmarc
+        if self.settings.auth_policy != "enforce" or dmarc.result != "fail":
+            return None
+        if dmarc.disposition != "reject":
+            return None
+        log.info(
+            "%s: DMARC policy of %r rejects mail from %r", message_id, dmarc.domain, request.sender
+        )
+        return replies.DMARC_REJECTED
 
     async def _route(
         self, request: MailRequest, message_id: str, ledger: JournalLedger | None

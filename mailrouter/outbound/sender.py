@@ -42,10 +42,12 @@ from mailrouter.outbound.transport import (
     Transport,
     resolve_mx,
 )
+from mailrouter.outbound.verp import Verp, envelopes
 
 log = logging.getLogger(__name__)
 
 Sendable = MailResponse | Message | MailRequest
+_VERP_CONCURRENCY = 8  # VERP transactions of one message in flight at once
 
 __all__ = [
     "ConnectionOptions",
@@ -88,6 +90,22 @@ class SendResult:
     failed: Mapping[str, str] = field(default_factory=dict)
     outbox_key: str | None = None
     failed_key: str | None = None
+    #: with VERP, the result of each recipient's own transaction (the keys above: the first)
+    parts: tuple[SendResult, ...] = ()
+
+    @classmethod
+    def combined(cls, message_id: str, sender: str, parts: Sequence[SendResult]) -> SendResult:
+        """One result for the transactions ``parts`` of one message sent from ``sender``."""
+        return cls(
+            message_id,
+            sender,
+            tuple(rcpt for part in parts for rcpt in part.delivered),
+            {rcpt: why for part in parts for rcpt, why in part.deferred.items()},
+            {rcpt: why for part in parts for rcpt, why in part.failed.items()},
+            next((part.outbox_key for part in parts if part.outbox_key), None),
+            next((part.failed_key for part in parts if part.failed_key), None),
+            tuple(parts),
+        )
 
     @property
     def status(self) -> AttemptStatus:
@@ -102,11 +120,13 @@ class SendResult:
 
 class SendOptions(TypedDict, total=False):
     """The keywords of every ``send``: ``sender`` and ``recipients`` replace the envelope that
-    the message implies; ``check`` raises DeliveryError when not every recipient is safe."""
+    the message implies; ``check`` raises DeliveryError when not every recipient is safe;
+    ``verp`` (True, or a ``Verp`` format) sends to each recipient with its own return path."""
 
     sender: str | None
     recipients: Sequence[str] | None
     check: bool
+    verp: Verp | bool
 
 
 class Sender(Protocol):
@@ -180,15 +200,38 @@ class Relay(Sender):
         sender: str | None = None,
         recipients: Sequence[str] | None = None,
         check: bool = False,
+        verp: Verp | bool = False,
     ) -> SendResult:
         """Deliver ``msg`` now; keep what cannot be delivered (outbox or failed maildir).
 
         ``msg`` is a MailResponse, an ``email`` message or a MailRequest (forwarded as is); the
-        envelope comes from it unless ``sender``/``recipients`` are given. Remote refusals are
-        reported in the result, not raised, unless ``check`` is true (DeliveryError).
+        envelope comes from it unless ``sender``/``recipients`` are given. With ``verp``, each
+        recipient gets a transaction of its own, its address encoded in the return path (see
+        ``verp.py``). Remote refusals are reported in the result, not raised, unless ``check``
+        is true (DeliveryError).
         """
         envelope = await asyncio.to_thread(self._prepare, msg, sender, recipients)
         sender, rcpts, data, message_id = envelope
+        parts = envelopes(sender, rcpts, verp)
+        if len(parts) == 1:
+            result = await self._hand_over(*parts[0], data, message_id)
+        else:
+            limit = asyncio.Semaphore(_VERP_CONCURRENCY)
+
+            async def one(return_path: str, rcpt: list[str]) -> SendResult:
+                async with limit:
+                    return await self._hand_over(return_path, rcpt, data, message_id)
+
+            done = await asyncio.gather(*(one(*part) for part in parts))
+            result = SendResult.combined(message_id, sender, done)
+        if check and not result.ok:
+            raise DeliveryError(result)
+        return result
+
+    async def _hand_over(
+        self, sender: str, rcpts: list[str], data: bytes, message_id: str
+    ) -> SendResult:
+        """One transaction of ``send_async``: deliver, keep what was not delivered, log."""
         attempts = await self.deliver(sender, rcpts, data)
         delivered = tuple(r for r, a in attempts.items() if a.status == "delivered")
         for rcpt in delivered:
@@ -210,8 +253,6 @@ class Relay(Sender):
             )
         for rcpt, reason in result.failed.items():
             log.error("failed %s from %r to %r: %r", message_id, sender, rcpt, reason)
-        if check and not result.ok:
-            raise DeliveryError(result)
         return result
 
     def _prepare(

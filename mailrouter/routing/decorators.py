@@ -7,13 +7,14 @@ never depends on import order, and every mistake surfaces when the module loads.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from mailrouter.errors import RouteError
 
@@ -41,6 +42,7 @@ class _Mark:
     routes: list[RouteSpec] = field(default_factory=list)
     stateless: bool = False
     nolocking: bool = False
+    authenticated: bool = False
 
 
 def _mark(func: Callable[..., Any]) -> _Mark:
@@ -98,14 +100,27 @@ def route_like(other: Callable[..., Any]) -> Callable[[F], F]:
 
 def stateless(func: F) -> F:
     """Run the handler for every matching message, whatever the sender's state; it keeps none."""
-    _check_function(func, "stateless")
+    _below_route(func, "stateless").stateless = True
+    return func
+
+
+def authenticated(func: F) -> F:
+    """Run the handler only for a sender whose From: domain passes DMARC (aligned SPF or
+    DKIM); anyone else's copy is queued as ``unauthenticated sender`` (or refused with 550
+    5.7.1 under ``reject_unauthenticated``)."""
+    _below_route(func, "authenticated").authenticated = True
+    return func
+
+
+def _below_route(func: Callable[..., Any], decorator: str) -> _Mark:
+    """The mark of ``func``, for a decorator that must be applied before the route."""
+    _check_function(func, decorator)
     if _mark(func).routes:
         raise RouteError(
-            f"@stateless is above @route on {func.__module__}.{func.__qualname__}: "
+            f"@{decorator} is above @route on {func.__module__}.{func.__qualname__}: "
             "place it below @route/@route_like so it applies before the route"
         )
-    _mark(func).stateless = True
-    return func
+    return _mark(func)
 
 
 def nolocking(func: F) -> F:
@@ -133,6 +148,7 @@ class HandlerSpec:
     stateless: bool
     nolocking: bool
     is_async: bool
+    authenticated: bool = False  # runs only for a DMARC-aligned From: domain
 
     @property
     def module(self) -> str:
@@ -178,7 +194,11 @@ def build_table(modules: Iterable[ModuleType], defaults: Mapping[str, str]) -> R
         for spec, func, mark in _declared_routes(module):
             regex = compile_pattern(spec, defaults, f"{func.__module__}.{func.__qualname__}")
             handler = HandlerSpec(
-                func, mark.stateless, mark.nolocking, inspect.iscoroutinefunction(func)
+                func,
+                mark.stateless,
+                mark.nolocking,
+                inspect.iscoroutinefunction(func),
+                mark.authenticated,
             )
             _check_signature(handler, regex)
             group = grouped.setdefault(regex.pattern, (spec.pattern, regex, []))
@@ -248,3 +268,44 @@ def _check_signature(handler: HandlerSpec, regex: re.Pattern[str]) -> None:
             f"{handler.qualname} cannot be called with the message and captures "
             f"{sorted(regex.groupindex)} of its pattern {regex.pattern!r}: {exc}"
         ) from None
+
+
+def bounce_to(soft: Callable[..., Any], hard: Callable[..., Any]) -> Callable[[F], F]:
+    """Hand bounces (``message.is_bounce()``) to ``soft`` or ``hard``, by the bounce's kind,
+    instead of the decorated handler: they get its arguments and return the next state as it
+    would (Salmon's ``bounce_to``). ``soft`` and ``hard`` are plain functions for a plain
+    handler, ``async def`` ones for an ``async def`` handler."""
+    for name, target in (("soft", soft), ("hard", hard)):
+        if not callable(target):
+            raise TypeError(f"@bounce_to: {name} must be a callable, not {target!r}")
+
+    def decorate(func: F) -> F:
+        _check_function(func, "bounce_to")
+        is_async = inspect.iscoroutinefunction(func)
+        if any(inspect.iscoroutinefunction(target) != is_async for target in (soft, hard)):
+            kind = "async def" if is_async else "plain"
+            raise RouteError(
+                f"@bounce_to on {func.__module__}.{func.__qualname__}: soft and hard must be "
+                f"{kind} functions, like the handler"
+            )
+
+        def pick(message: Any) -> Callable[..., Any]:
+            if not message.is_bounce():
+                return func
+            return soft if message.bounce.is_soft() else hard
+
+        if is_async:
+
+            @functools.wraps(func)
+            async def run_async(message: Any, *args: Any, **kwargs: Any) -> Any:
+                return await pick(message)(message, *args, **kwargs)
+
+            return cast(F, run_async)
+
+        @functools.wraps(func)
+        def run(message: Any, *args: Any, **kwargs: Any) -> Any:
+            return pick(message)(message, *args, **kwargs)
+
+        return cast(F, run)
+
+    return decorate

@@ -52,6 +52,7 @@ class RecipientOutcome:
     handled: bool = False
     stateful_done: bool = False
     already: bool = False  # its handlers finished on an earlier delivery of the same message
+    unauthenticated: bool = False  # an @authenticated handler was not run for this sender
     refusal: SMTPError | None = None
     failures: list[str] = field(default_factory=list)
     # the handlers run, refusing or failing too
@@ -60,15 +61,17 @@ class RecipientOutcome:
     @property
     def finished(self) -> bool:
         """Whether its handlers ran to the end: no refusal, no failure, nothing to queue."""
-        return self.handled and self.refusal is None and not self.failures
+        return (
+            self.handled and self.refusal is None and not self.failures and not self.unauthenticated
+        )
 
     @property
     def queue_reason(self) -> str | None:
         """Why this recipient's copy goes to the undeliverable queue, or None if it does not."""
         if self.refusal is not None:
             return None
-        if self.failures:
-            return "; ".join(self.failures)
+        if self.failures or self.unauthenticated:
+            return "; ".join(["unauthenticated sender"] * self.unauthenticated + self.failures)
         if not self.handled:
             return "no handler for the sender's state" if self.matched else "no route"
         return None
@@ -90,6 +93,8 @@ def reply_for(
         return replies.INSUFFICIENT_STORAGE.to((recipient,))[0]
     if queue_error is not None or outcome.failures:
         return replies.TEMPORARY_FAILURE.to((recipient,))[0]
+    if outcome.unauthenticated:
+        return replies.UNAUTHENTICATED.to((recipient,))[0]
     return Reply(recipient, Status.MAILBOX_UNAVAILABLE, f"5.1.1 No route for <{recipient}>")
 
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import importlib
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from mailrouter import replies
 from mailrouter.errors import LoadError, QueueError, SMTPError
-from mailrouter.message import MailRequest, normalize_address
+from mailrouter.message import Authentication, MailRequest, normalize_address
 from mailrouter.queue import Queue
 from mailrouter.routing.decorators import HandlerSpec, Route, RouteTable, build_table, is_state
 from mailrouter.routing.executor import (
@@ -45,6 +47,9 @@ from mailrouter.state import (
 log = logging.getLogger(__name__)
 
 LockScope = Literal["key", "global"]
+StateSender = Literal["envelope", "from", "authenticated"]
+#: Verifies a message's sender: what ``Router.deliver`` calls for a message not verified yet
+Authenticator = Callable[[MailRequest], Awaitable[Authentication]]
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -98,6 +103,14 @@ class _Refused(Exception):
         self.error = error
 
 
+class _Unauthenticated(Exception):
+    """The handler to run is @authenticated, and the sender is not."""
+
+    def __init__(self, handler: HandlerSpec) -> None:
+        super().__init__(handler.qualname)
+        self.handler = handler
+
+
 class _HandlerFailed(Exception):
     """A handler raised (anything but SMTPError) or returned something that is not a state."""
 
@@ -119,10 +132,18 @@ class Router:
         lock_scope: LockScope = "key",
         executor: Executor | None = None,
         io_executor: Executor | None = None,
+        authenticator: Authenticator | None = None,
+        state_sender: StateSender = "envelope",
+        reject_unauthenticated: bool = False,
     ) -> None:
         """``executor`` runs plain handlers; ``io_executor`` the router's other blocking calls
         (the state store outside a plain handler's step, the undeliverable queue), apart, so
-        hung handlers cannot stall them (None: the loop's default executor)."""
+        hung handlers cannot stall them (None: the loop's default executor).
+
+        ``authenticator`` sets ``message.auth`` of a message that has none (the server's
+        receiver gives its verifier); ``state_sender`` keys states on the envelope sender, the
+        From: address, or only an authenticated From: address; ``reject_unauthenticated``
+        refuses, rather than queues, mail for @authenticated handlers from other senders."""
         if lock_scope not in ("key", "global"):
             raise ValueError(f"lock_scope must be 'key' or 'global', not {lock_scope!r}")
         self.store: StateStorage = store if store is not None else MemoryStorage()
@@ -131,6 +152,9 @@ class Router:
         self.lock_scope = lock_scope
         self.executor = executor
         self.io_executor = io_executor
+        self.authenticator = authenticator
+        self.state_sender: StateSender = state_sender
+        self.reject_unauthenticated = reject_unauthenticated
         self._table = RouteTable()
         self._local_locks = KeyedAsyncLocks()
         self._queue_failing = False
@@ -264,6 +288,9 @@ class Router:
         recipient whose handlers finish is recorded in it before the next one is routed.
         Without ``queue_unhandled`` nothing is queued: the result says what was not handled.
         """
+        if message.auth is None and self.authenticator is not None:
+            message.auth = await self.authenticator(message)
+        identity = self._identity(message)
         outcomes: dict[str, RecipientOutcome] = {}  # by normalised address: duplicates route once
         per_recipient: list[tuple[str, RecipientOutcome]] = []
         addresses = [normalize_address(recipient) for recipient in message.recipients]
@@ -273,7 +300,10 @@ class Router:
                 if ledger is not None and ledger.done(address):
                     outcomes[address] = RecipientOutcome(matched=True, handled=True, already=True)
                 else:
-                    outcome = await self._route(message.for_recipient(recipient), address)
+                    view = message.for_recipient(recipient)
+                    if identity:
+                        view.route_from = identity
+                    outcome = await self._route(view, address, anonymous=identity is None)
                     if ledger is not None and outcome.finished:
                         await ledger.finished(address, outcome, last=address == last)
                     outcomes[address] = outcome
@@ -301,9 +331,24 @@ class Router:
         )
         return DeliveryResult(replies, queue_key, reasons, outcomes)
 
-    async def _route(self, message: MailRequest, address: str) -> RecipientOutcome:
+    def _identity(self, message: MailRequest) -> str | None:
+        """Whose states the message's handlers use (``state_sender``): "" for the envelope
+        sender, the From: address, or None for nobody's (a From: that is not authenticated)."""
+        if self.state_sender == "envelope":
+            return ""
+        found = email.utils.getaddresses(message.get_all("From"))
+        address = normalize_address(found[0][1]) if len(found) == 1 else ""
+        if self.state_sender == "from":
+            return address
+        domain = message.auth.aligned_domain if message.auth is not None else None
+        return address if domain and address.rpartition("@")[2] == domain else None
+
+    async def _route(
+        self, message: MailRequest, address: str, *, anonymous: bool = False
+    ) -> RecipientOutcome:
         """Run the handlers for one recipient: every stateless match, and the first stateful
-        state machine (a state key) with a handler for the sender's state."""
+        state machine (a state key) with a handler for the sender's state. An ``anonymous``
+        sender (not authenticated, under ``state_sender = "authenticated"``) has no states."""
         matches = self.match(address)
         outcome = RecipientOutcome(matched=bool(matches))
         machines: dict[str, dict[str, Match]] = {}  # state key -> its handlers by state
@@ -320,6 +365,10 @@ class Router:
                 if outcome.stateful_done or key in done:
                     continue
                 done.add(key)
+                if anonymous:
+                    if not self._unauthenticated(found.handler, message, address, outcome):
+                        break
+                    continue
                 choice = _Choice(key, by_state=machines[key])
             if not await self._try(choice, message, address, outcome):
                 break  # refused
@@ -331,6 +380,8 @@ class Router:
         """Run the handler ``choice`` picks, if any, and record how it went; False if refused."""
         try:
             ran = await self._attempt(choice, message)
+        except _Unauthenticated as skipped:
+            return self._unauthenticated(skipped.handler, message, address, outcome)
         except _Refused as refused:
             ran, outcome.refusal = refused.handler, refused.error
             log.info("%s refused %r from %r: %s", ran.qualname, address, message.sender, refused)
@@ -351,6 +402,21 @@ class Router:
         outcome.ran.append(ran)
         outcome.stateful_done = outcome.stateful_done or not ran.stateless
         return outcome.refusal is None
+
+    def _unauthenticated(
+        self, handler: HandlerSpec, message: MailRequest, address: str, outcome: RecipientOutcome
+    ) -> bool:
+        """Record that ``handler`` was not run for an unauthenticated sender: refused under
+        ``reject_unauthenticated`` (then False: no more handlers), else queued."""
+        log.info(
+            "%s not run for %r from %r: unauthenticated", handler.qualname, address, message.sender
+        )
+        outcome.stateful_done = outcome.stateful_done or not handler.stateless
+        if self.reject_unauthenticated:
+            outcome.refusal = SMTPError(replies.UNAUTHENTICATED.code, replies.UNAUTHENTICATED.text)
+            return False
+        outcome.unauthenticated = True
+        return True
 
     async def _attempt(self, choice: _Choice, message: MailRequest) -> HandlerSpec | None:
         """Pick and run a handler under the locks it needs; the handler that ran, if any.
@@ -416,6 +482,8 @@ class Router:
         if found is None:
             return None
         handler = found.handler
+        if handler.authenticated and not _authenticated(message):
+            raise _Unauthenticated(handler)
         try:
             if handler.is_async:
                 result = await handler.func(message, **found.captures)
@@ -471,6 +539,11 @@ def _import(name: str) -> ModuleType:
         return importlib.import_module(name)
     except BaseException as exc:
         raise LoadError(f"cannot import handler module {name!r}: {_describe(exc)}") from exc
+
+
+def _authenticated(message: MailRequest) -> bool:
+    """Whether the message's From: domain passed DMARC."""
+    return message.auth is not None and message.auth.aligned_domain is not None
 
 
 def _refused(outcome: RecipientOutcome, keep_refused: bool) -> str | None:
