@@ -11,7 +11,7 @@ WORKDIR /srv/mailrouter
 
 COPY pyproject.toml README.md ./
 COPY mailrouter ./mailrouter
-RUN pip install --no-cache-dir . && rm -rf mailrouter pyproject.toml
+RUN pip install --no-cache-dir '.[auth]' && rm -rf mailrouter pyproject.toml
 
 COPY --chown=mailrouter:mailrouter config ./config
 COPY --chown=mailrouter:mailrouter handlers_example ./handlers_example
