@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
@@ -48,10 +49,12 @@ def make_project(tmp_path: Path) -> Iterator[Callable[..., Project]]:
     """Make project folders for the ``mailrouter`` command; kill every daemon they started.
 
     ``make_project(folder, config=None, **handlers)``: ``folder`` is relative to ``tmp_path``.
+    The config names the suite's loopback DNS server (``dns_nameservers``) unless it sets one.
     Without ``config`` the project is made by ``mailrouter gen``; with it, ``config`` is the
     whole ``config/mailrouter.toml``. ``handlers`` (module name -> source) are written into
     ``config/handlers``.
     """
+    from dnszone import quiet_nameserver
     from helpers import Project  # not at the top: conftest must load while the server is broken
 
     made: list[Project] = []
@@ -66,6 +69,9 @@ def make_project(tmp_path: Path) -> Iterator[Callable[..., Project]]:
         else:
             (project.folder / "config").mkdir()
             (project.folder / "config" / "mailrouter.toml").write_text(config)
+        toml = project.folder / "config" / "mailrouter.toml"
+        if not re.search(r"^dns_nameservers\s*=", toml.read_text(), re.M):  # the suite's DNS
+            toml.write_text(f'dns_nameservers = ["{quiet_nameserver()}"]\n' + toml.read_text())
         if handlers:
             (project.folder / "config" / "handlers").mkdir(exist_ok=True)
         for name, source in handlers.items():

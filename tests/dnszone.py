@@ -8,6 +8,7 @@ an empty answer; both carry an SOA, so resolvers may cache the absence (RFC 2308
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 from collections.abc import Iterator
@@ -80,18 +81,33 @@ class Zone(BaseResolver):  # type: ignore[misc]
 @contextmanager
 def serving(zone: Zone) -> Iterator[Zone]:
     """Serve ``zone`` over UDP on 127.0.0.1 until the block ends."""
-    quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data", logf=_ignore)
-    server = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
-    host, port = server.server.server_address
-    zone.address = f"{host}:{port}"
-    thread = threading.Thread(target=server.server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
+    server, thread = _start(zone)
     try:
         yield zone
     finally:
         server.server.shutdown()  # within a poll interval
         server.server.server_close()
         thread.join()
+
+
+def _start(zone: Zone) -> tuple[DNSServer, threading.Thread]:
+    quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data", logf=_ignore)
+    server = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
+    host, port = server.server.server_address
+    zone.address = f"{host}:{port}"
+    thread = threading.Thread(target=server.server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    return server, thread
+
+
+@functools.cache
+def quiet_nameserver() -> str:
+    """An empty zone (NXDOMAIN for every name) on 127.0.0.1, served for the rest of the run:
+    what the suite's servers resolve through (``running``, ``make_project``), so that the
+    default ``auth_policy``'s checks never ask the machine's resolver."""
+    zone = Zone()
+    _start(zone)
+    return zone.address
 
 
 def _ignore(*_: object) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Self, TypeVar
 
 import pytest
 from aiosmtpd.smtp import SMTP
+from dnszone import quiet_nameserver
 
 from mailrouter import MailRequest
 from mailrouter.config import Settings, load_settings
@@ -196,7 +197,11 @@ def running(
     """
     config = tmp_path / "config"
     config.mkdir(exist_ok=True)
-    options: dict[str, Any] = {"port": 0, "defaults": {"host": r"example\.com"}}
+    options: dict[str, Any] = {
+        "port": 0,
+        "defaults": {"host": r"example\.com"},
+        "dns_nameservers": (quiet_nameserver(),),
+    }
     settings = Settings(handlers=handlers, config_dir=str(config), **{**options, **overrides})
     return serving(settings)
 
@@ -382,7 +387,9 @@ READY = re.compile(r"mailrouter running on (127\.0\.0\.1):(\d+) \(pid (\d+)\)")
 
 
 def environment() -> dict[str, str]:
-    """This process's environment without ``MAILROUTER_*`` settings; running as root allowed."""
+    """This process's environment without ``MAILROUTER_*`` settings; running as root allowed.
+
+    (A project's config names the loopback DNS server: see ``make_project``.)"""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILROUTER_")}
     env["MAILROUTER_ALLOW_ROOT"] = "true"  # the tests may run as root
     return env

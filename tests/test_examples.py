@@ -18,7 +18,7 @@ from typing import Any
 
 import helpers
 import pytest
-from dnszone import Zone
+from dnszone import Zone, quiet_nameserver
 from dnszone import serving as serving_dns
 from helpers import Project, Received, Sink, serving, sink_server
 
@@ -302,6 +302,7 @@ async def test_the_default_config_parses_and_runs(
         "state_url": "memory://",
         "undeliverable": str(tmp_path / "queue"),
         "journal_url": f"sqlite://{tmp_path}/journal.db",
+        "dns_nameservers": [quiet_nameserver()],
     }
     settings = load_settings(ROOT / "config", overrides=overrides, environ={})
     assert settings.handlers == (LIST, LOG)

@@ -19,6 +19,14 @@ from consoles import APP, TOKEN, message
 from helpers import Project
 
 CHROMIUM = Path("/usr/bin/chromium")
+QUIET_BROWSER = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-pings",
+    "--dns-prefetch-disable",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # no name resolves but loopback
+]
 SENDER = "joe@example.org"
 CONFIG = """
 console_port = {console}
@@ -45,7 +53,8 @@ def _free_port() -> int:
 @pytest.fixture
 def chromium() -> Iterator[Browser]:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        # the browser talks only to the console on loopback: none of its own update checks
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=QUIET_BROWSER)
         try:
             yield browser
         finally:
