@@ -16,11 +16,12 @@ ROOT = Path(mailrouter.__file__).parent
 
 # Lowest first: a module may import its own layer and the layers before it, never later ones.
 LAYERS = [
-    {"errors", "replies", "message", "config", "queue"},
+    {"errors", "replies", "message", "bounce", "config", "queue"},
     {"state"},
     {"journal"},
     {"routing"},
     {"outbound"},
+    {"confirm"},  # confirmations: kept in a state store, sent through the relay
     {"inbound"},
     {"runtime"},
     {"compat"},  # Salmon's and Lamson's layouts over routing, outbound and state

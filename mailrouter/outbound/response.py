@@ -27,8 +27,9 @@ from typing import Any
 import dns.exception
 import dns.name
 
+from mailrouter.bounce import is_delivery_report
 from mailrouter.errors import MailRouterError
-from mailrouter.message import MailRequest
+from mailrouter.message import MailRequest, normalize_address
 
 log = logging.getLogger(__name__)
 
@@ -267,10 +268,12 @@ def _drop_inner_mime_version(part: Any) -> None:
 def is_automatic(message: MailRequest) -> bool:
     """True when ``message`` must not be answered automatically (RFC 3834 section 2).
 
-    That is a bounce (null sender, delivery report), ``Auto-Submitted`` other than ``no``,
-    ``Precedence: bulk|list|junk``, or a mailing-list message (``List-Id`` and kin).
+    That is mail from the null sender, a delivery report or another bounce, ``Auto-Submitted``
+    other than ``no``, ``Precedence: bulk|list|junk``, or a mailing-list message (``List-Id``
+    and kin).
     """
-    if message.is_bounce():
+    null = normalize_address(message.sender) == ""
+    if null or is_delivery_report(message.message) or message.is_bounce():
         return True
     auto = message.get("Auto-Submitted")
     if auto is not None and auto.split(";")[0].strip().lower() not in ("", "no"):

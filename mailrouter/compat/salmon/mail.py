@@ -14,6 +14,7 @@ from email.utils import getaddresses
 from functools import cached_property
 from typing import Any, Self
 
+from mailrouter.compat.salmon import bounce
 from mailrouter.compat.salmon.encoding import EncodingError, MailBase, raw_bytes, to_string
 from mailrouter.compat.salmon.response import MailResponse
 from mailrouter.message import MailRequest as Request
@@ -51,6 +52,9 @@ class MailRequest(Request):
     added from the envelope when missing). Every recipient in ``To`` is routed; ``To`` is the
     one being routed. Handlers of one message share one request, as in Salmon.
     """
+
+    #: Salmon's BounceAnalyzer once ``is_bounce()`` ran (mailrouter's ``Bounce`` is its ``bounce``)
+    bounce: Any = None  # shadows mailrouter's property: Salmon sets it
 
     def __init__(self, Peer: Any, From: Any, To: Any, Data: str | bytes | None) -> None:
         super().__init__(Peer, "", [], raw_bytes(Data))
@@ -130,6 +134,12 @@ class MailRequest(Request):
     def walk(self) -> Iterator[MailBase]:  # type: ignore[override]  # Salmon's parts: MailBase
         """Every MIME part below the message itself, depth first, as MailBase."""
         return self.base.walk()
+
+    def is_bounce(self, threshold: float = 0.3) -> bool:
+        """Whether this is a bounce: ``bounce`` (detected on the first call) is probable."""
+        if not self.bounce:
+            self.bounce = bounce.detect(self)
+        return bool(self.bounce.probable(threshold))
 
     def to_message(self) -> EmailMessage:
         """The parsed ``email`` message, with the changes handlers made."""
