@@ -1,6 +1,6 @@
 """The Router: loads handler modules, matches recipients, runs the per-sender state machines.
 
-About 490 lines, kept together on purpose: loading, matching and running share the route table
+About 560 lines, kept together on purpose: loading, matching and running share the route table
 and the state store, and the one routing step (pick the handler for the sender's state, run
 it, refuse, fail, transition) must be read in one place with the locks it runs under.
 """

@@ -1,6 +1,6 @@
 """The server's lifecycle: start (bind, spool, metrics), serve until a signal, reload, drain.
 
-One concept, the lifecycle, in one place (about 460 lines): start, stop and the signal-driven
+One concept, the lifecycle, in one place (about 470 lines): start, stop and the signal-driven
 ``serve`` share the state they set up and tear down in reverse, which splitting would scatter.
 """
 
