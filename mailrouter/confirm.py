@@ -35,8 +35,10 @@ from mailrouter.message import normalize_address
 from mailrouter.outbound import sender as outbound
 from mailrouter.outbound.sender import Sendable, Sender
 from mailrouter.state.base import START, StateStorage, listable
+from mailrouter.state.entries import RESERVED
 
-NAMESPACE = "mailrouter.confirm:"  # the state key of target T is NAMESPACE + T
+NAMESPACE = f"{RESERVED}confirm:"  # the state key of target T is NAMESPACE + T (hidden from
+# state listings, as every RESERVED key is)
 DEFAULT_TTL = 3 * 86400.0  # seconds a confirmation waits for its reply (Mailman's three days)
 _SECRET_BYTES = 20
 

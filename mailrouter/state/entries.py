@@ -4,7 +4,9 @@ When a stateful handler fails, the router puts its module into ERROR for the sen
 why (``ErrorReason``: the handler, the error, the time) in the same store, as the JSON "state"
 of that sender under the reserved key ``<key>#error`` (``reason_key``). No module name has a
 ``#``, and a state key generator must not make keys ending in ``#error``; so any store, a custom
-one too, keeps reasons without a change to ``StateStorage``. ``list_states`` hides these keys.
+one too, keeps reasons without a change to ``StateStorage``. ``list_states`` hides these keys,
+and those of mailrouter's own records kept in a state store (``RESERVED``: the pending
+confirmations of ``mailrouter.confirm``, say), which are no sender's state.
 
 Every function here blocks on the store: from the event loop, call it in a thread.
 """
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 from mailrouter.state.base import ERROR, START, StateStorage, listable
 
 REASON_SUFFIX = "#error"
+RESERVED = "mailrouter."  # the start of the keys of mailrouter's own records in a store
 MAX_ERROR = 500  # characters of the error text that are kept
 
 
@@ -114,7 +117,7 @@ def list_states(
     for found_key, found_sender, found_state in listable(store).items():
         if found_key.endswith(REASON_SUFFIX):
             reasons[found_key.removesuffix(REASON_SUFFIX), found_sender] = found_state
-        else:
+        elif not found_key.startswith(RESERVED):
             states[found_key, found_sender] = found_state
     entries = []
     for (found_key, found_sender), found_state in sorted(states.items()):

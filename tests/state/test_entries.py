@@ -189,3 +189,13 @@ async def test_the_helpers_run_in_a_thread(tmp_path: Path) -> None:
         assert listed == [StateEntry("app", "s@x.org", ERROR, REASON)]
         await asyncio.to_thread(change_state, store, "app", "s@x.org", START)
         assert await asyncio.to_thread(list_states, store) == []
+
+
+def test_mailrouters_own_records_are_no_senders_state() -> None:
+    """A pending confirmation (mailrouter.confirm) lives in the store, but is not a state."""
+    from mailrouter.confirm import NAMESPACE
+
+    store = MemoryStorage()
+    store.set(NAMESPACE + "news-subscribe", "joe@example.org", '{"secret": "x"}')
+    store.set("handlers.lists", "joe@example.org", "POSTING")
+    assert [(e.key, e.state) for e in list_states(store)] == [("handlers.lists", "POSTING")]
