@@ -39,7 +39,7 @@ def setting_options(func: F) -> F:
             flag = f"{flag}/--no-{flag[2:]}"
         elif get_origin(kind) is tuple:
             extra = {"multiple": True, "metavar": "MODULE" if name == "handlers" else "TEXT"}
-        elif name in ("port", "metrics_port"):
+        elif name in ("port", "metrics_port", "console_port"):
             extra = {"type": click.IntRange(0, 65535)}
         elif get_args(kind):
             extra = {"type": click.Choice(get_args(kind), case_sensitive=False)}
