@@ -40,9 +40,29 @@ _DECLARATION = re.compile(
 Peer = Any  # a (host, port) tuple for TCP, a path string for a Unix socket, or None
 
 
+class DmarcVerdict(Protocol):
+    """DMARC's result for the From: domain (``mailrouter.inbound.auth.DMARCResult``)."""
+
+    @property
+    def result(self) -> str:
+        """``pass``, ``fail``, ``none``, ``temperror`` or ``permerror``."""
+
+    @property
+    def domain(self) -> str:
+        """The From: domain."""
+
+    @property
+    def disposition(self) -> str:
+        """What its policy asks for this message: ``none``, ``quarantine`` or ``reject``."""
+
+
 class Authentication(Protocol):
     """What sender authentication found (``mailrouter.inbound.auth.AuthResults``): the parts
-    that routing and the relay use."""
+    that the receiver, routing and the relay use."""
+
+    @property
+    def dmarc(self) -> DmarcVerdict:
+        """DMARC's result, which ``auth_policy = "enforce"`` acts on."""
 
     @property
     def aligned_domain(self) -> str | None:

@@ -13,7 +13,6 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 from mailrouter import replies
 from mailrouter.config import Settings
 from mailrouter.errors import QueueError, QueueFullError
-from mailrouter.inbound.auth import verifier_for
 from mailrouter.inbound.ledger import JournalLedger
 from mailrouter.inbound.outcome import DeliveryRecord, Observer
 from mailrouter.inbound.spool import Spool
@@ -51,12 +50,6 @@ class Receiver(HookListing):
         self.spool = spool  # spool mode: where messages go before the router
         self.journal = journal  # what became of each message; which recipients are done
         self.hostname = settings.hostname or socket.getfqdn()  # once, not per message
-        # sender authentication: this receiver's, and the router's for mail it routes later
-        # (from the spool, a replay); the router's sender rules are the settings' too
-        self.verifier = verifier_for(settings)
-        router.authenticator = self.verifier.verify if self.verifier is not None else None
-        router.state_sender = settings.state_sender
-        router.reject_unauthenticated = settings.reject_unauthenticated
         self.lmtp = settings.protocol == "lmtp"
         self.observers: list[Observer] = []  # told of each message (metrics, delivery log)
         self.in_flight = 0
@@ -150,9 +143,10 @@ class Receiver(HookListing):
     async def _authenticate(self, request: MailRequest, helo: str, message_id: str) -> Reply | None:
         """Verify the sender (``message.auth``), after the DATA checks and before any handler;
         with ``auth_policy = "enforce"``, the refusal of a DMARC failure under p=reject."""
-        if self.verifier is None:
+        verify = self.router.authenticator  # the settings' verifier (see build_router)
+        if verify is None:
             return None
-        request.auth = auth = await self.verifier.verify(request, helo)
+        request.auth = auth = await verify(request, helo)
         dmarc = auth.dmarc
         if self.settings.auth_policy != "enforce" or dmarc.result != "fail":
             return None

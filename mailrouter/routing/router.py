@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 
 LockScope = Literal["key", "global"]
 StateSender = Literal["envelope", "from", "authenticated"]
-#: Verifies a message's sender: what ``Router.deliver`` calls for a message not verified yet
-Authenticator = Callable[[MailRequest], Awaitable[Authentication]]
+#: Verifies a message's sender, given the HELO name it came with ("" when unknown): what the
+#: server's receiver calls at DATA, and ``Router.deliver`` for a message not verified yet
+Authenticator = Callable[[MailRequest, str], Awaitable[Authentication]]
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -140,8 +141,8 @@ class Router:
         (the state store outside a plain handler's step, the undeliverable queue), apart, so
         hung handlers cannot stall them (None: the loop's default executor).
 
-        ``authenticator`` sets ``message.auth`` of a message that has none (the server's
-        receiver gives its verifier); ``state_sender`` keys states on the envelope sender, the
+        ``authenticator`` sets ``message.auth`` of a message that has none (``build_router``
+        gives the settings' verifier); ``state_sender`` keys states on the envelope sender, the
         From: address, or only an authenticated From: address; ``reject_unauthenticated``
         refuses, rather than queues, mail for @authenticated handlers from other senders."""
         if lock_scope not in ("key", "global"):
@@ -289,7 +290,7 @@ class Router:
         Without ``queue_unhandled`` nothing is queued: the result says what was not handled.
         """
         if message.auth is None and self.authenticator is not None:
-            message.auth = await self.authenticator(message)
+            message.auth = await self.authenticator(message, "")
         identity = self._identity(message)
         outcomes: dict[str, RecipientOutcome] = {}  # by normalised address: duplicates route once
         per_recipient: list[tuple[str, RecipientOutcome]] = []

@@ -24,6 +24,7 @@ from aiosmtpd.smtp import SMTP
 from mailrouter import replies
 from mailrouter.config import Settings, handler_modules
 from mailrouter.errors import MailRouterError
+from mailrouter.inbound.auth import verifier_for
 from mailrouter.inbound.handler import Receiver
 from mailrouter.inbound.outcome import delivery_log
 from mailrouter.inbound.smtp import LMTPSession, ServerState, SMTPSession
@@ -53,10 +54,15 @@ RELOAD_TIMEOUT = 60.0  # seconds the handler modules may take to import on SIGHU
 
 
 def build_router(settings: Settings, *, readonly: bool = False) -> Router:
-    """A Router for ``settings``: its state store, undeliverable queue and handler modules."""
+    """A Router for ``settings``: its state store, undeliverable queue, handler modules and
+    sender rules, with the sender verifier of ``auth_policy`` unless it only looks."""
+    verifier = None if readonly else verifier_for(settings)
     store = open_store(settings.state_store_url(), readonly=readonly)
     try:
         router = Router(
+            authenticator=None if verifier is None else verifier.verify,
+            state_sender=settings.state_sender,
+            reject_unauthenticated=settings.reject_unauthenticated,
             store=store,
             undeliverable=Queue(settings.path(settings.undeliverable)),
             defaults=settings.defaults,

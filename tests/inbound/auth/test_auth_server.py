@@ -18,6 +18,8 @@ from dnszone import Zone
 from helpers import running, until
 
 from mailrouter.queue import Queue
+from mailrouter.runtime.commands import Operations
+from mailrouter.runtime.server import build_router
 
 APP = """
 from mailrouter import authenticated, route, stateless
@@ -297,3 +299,23 @@ def test_without_the_extra_a_clear_error_names_it(tmp_path: Path) -> None:
         'auth_policy = "annotate" needs the sender authentication libraries (dkim): '
         "pip install 'mailrouter[auth]', or set auth_policy = \"off\""
     )
+
+
+async def test_a_replay_with_the_server_stopped_verifies_too(
+    tmp_path: Path, app: str, zone: Zone
+) -> None:
+    """Mail queued as ``unauthenticated sender`` is verified again when it is replayed."""
+    zone.dmarc("x.org", "v=DMARC1; p=none")  # no SPF yet: not aligned
+    async with running(tmp_path, app, **settings(zone)) as server:
+        await send(server.port, message(), "members@example.com")
+        stopped = server.settings
+    assert queued(tmp_path) == [{"members@example.com": "unauthenticated sender"}]
+    aligned(zone)  # the sender's domain publishes its records; the queue is replayed
+    router = build_router(stopped)
+    try:
+        report = await Operations(stopped, router).replay()
+    finally:
+        router.close()
+    assert (report["replayed"], report["delivered"]) == (1, 1)
+    (got,) = seen(app)
+    assert got.auth.aligned_domain == "x.org" and queued(tmp_path) == []
