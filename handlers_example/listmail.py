@@ -3,7 +3,8 @@
 Answers are automatic replies (``reply``: threaded, ``Auto-Submitted: auto-replied``) to the
 envelope sender, the address that joins or leaves. Copies of a post carry the list headers
 (RFC 2369, RFC 2919). All of it goes out from the list's bounce address ``NAME-bounces@host``,
-with ``relay.send``: the relay the server runs with (in tests, the ``outbox`` fixture).
+with ``relay.send``: the relay the server runs with (in tests, the ``outbox`` fixture). Copies
+go with VERP, one per member from ``NAME-bounces+MEMBER@host``, so a bounce names its member.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def answer(command: MailRequest, name: str, host: str, kind: Answer, token: str 
 
 
 def distribute(post: MailRequest, name: str, host: str, members: Sequence[str]) -> None:
-    """Send a copy of ``post`` to ``members``, its subject tagged ``[name]``, with list headers
-    and the Authentication-Results of the post (by the list's host)."""
+    """Send a copy of ``post`` to each of ``members`` with its own VERP return path, the
+    subject tagged ``[name]``, list headers and the post's Authentication-Results (by ``host``)."""
     results = post.auth.header(host).encode() + b"\r\n" if post.auth is not None else b""
     copy = message_from_bytes(results + post.data, policy=policy.default)  # not post.message
     assert isinstance(copy, EmailMessage)
@@ -77,4 +78,4 @@ def distribute(post: MailRequest, name: str, host: str, members: Sequence[str]) 
     for header, value in headers.items():
         del copy[header]
         copy[header] = value
-    relay.send(copy, sender=address(name, host, "-bounces"), recipients=members)
+    relay.send(copy, sender=address(name, host, "-bounces"), recipients=members, verp=True)

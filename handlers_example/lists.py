@@ -1,8 +1,9 @@
 """List membership: one JSON file per list, replaced atomically, edited under a per-list lock.
 
-A list file holds the confirmed ``members`` and the ``pending`` subscriptions (address ->
-confirmation token). Addresses are the normalised envelope senders. Handlers run in executor
-threads, so every read-modify-write of a list holds that list's lock.
+A list file holds the confirmed ``members``, the ``pending`` subscriptions (address ->
+confirmation token) and the members' hard ``bounces`` (address -> count). Addresses are the
+normalised envelope senders. Handlers run in executor threads, so every read-modify-write of a
+list holds that list's lock.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Roster:
 
     members: set[str] = field(default_factory=set)
     pending: dict[str, str] = field(default_factory=dict)
+    bounces: dict[str, int] = field(default_factory=dict)
 
 
 def path(name: str) -> Path:
@@ -55,7 +57,9 @@ def read(name: str) -> Roster:
         raw = json.loads(path(name).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return Roster()
-    return Roster(set(raw.get("members", [])), dict(raw.get("pending", {})))
+    return Roster(
+        set(raw.get("members", [])), dict(raw.get("pending", {})), dict(raw.get("bounces", {}))
+    )
 
 
 def status(name: str, address: str) -> Status | None:
@@ -86,10 +90,29 @@ def confirm(name: str, address: str, token: str) -> bool:
 def remove(name: str, address: str) -> bool:
     """Remove ``address`` (member or pending) from list ``name``; whether it was there."""
     with _editing(name) as roster:
-        found = address in roster.members or address in roster.pending
-        roster.members.discard(address)
-        roster.pending.pop(address, None)
-        return found
+        return _drop(roster, address)
+
+
+def bounced(name: str, address: str, limit: int) -> int:
+    """Count a hard bounce of member ``address`` of list ``name``, removing it at the
+    ``limit``-th; the count (0 for an address that is no member)."""
+    with _editing(name) as roster:
+        if address not in roster.members:
+            return 0
+        count = roster.bounces[address] = roster.bounces.get(address, 0) + 1
+        if count >= limit:
+            _drop(roster, address)
+        return count
+
+
+def _drop(roster: Roster, address: str) -> bool:
+    """Take ``address`` off ``roster``, its bounce count too; whether it was a member or
+    pending."""
+    found = address in roster.members or address in roster.pending
+    roster.members.discard(address)
+    roster.pending.pop(address, None)
+    roster.bounces.pop(address, None)
+    return found
 
 
 @contextmanager
@@ -108,7 +131,7 @@ def _editing(name: str) -> Iterator[Roster]:
 
 def _dump(roster: Roster) -> str:
     return json.dumps(
-        {"members": sorted(roster.members), "pending": roster.pending},
+        {"members": sorted(roster.members), "pending": roster.pending, "bounces": roster.bounces},
         indent=1,
         sort_keys=True,
     )

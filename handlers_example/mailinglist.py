@@ -7,7 +7,11 @@ For a list NAME at the host (the router's ``host`` default):
 - ``NAME@host`` posts: a member's post goes to every member. Anyone else is refused with
   ``550 5.7.1`` during the SMTP session, so their own server tells them; we send nothing back.
 - ``NAME-unsubscribe@host`` leaves the list (or cancels a pending subscription).
-- ``NAME-bounces@host``, the envelope sender of all the list's mail, takes the bounces: logged.
+- ``NAME-bounces@host`` sends the answers, and copies of posts go with VERP: to each member
+  from ``NAME-bounces+MEMBER@host`` (``joe@x.org`` as ``joe=x.org``), so a bounce (RFC 3464 or
+  another MTA's notice) names its member. A member's second hard bounce unsubscribes them; a
+  soft bounce is logged; anything else there (an auto-reply) is dropped. Bounces come from the
+  null sender, unauthenticated: these routes are ``@stateless``, not ``@authenticated``.
 
 Answers and copies of posts go out through ``mailrouter.outbound.sender`` (see ``listmail.py``).
 
@@ -34,12 +38,14 @@ from mailrouter import (
     MailRequest,
     SMTPError,
     authenticated,
+    bounce_to,
     route,
     route_like,
     state_key_generator,
     stateless,
 )
 from mailrouter.message import normalize_address
+from mailrouter.outbound import verp
 from mailrouter.outbound.response import is_automatic
 
 from . import listmail, lists
@@ -47,6 +53,9 @@ from . import listmail, lists
 log = logging.getLogger(__name__)
 
 State = Callable[..., "State | None"]
+
+#: the hard bounces that take a member off the list
+HARD_BOUNCES = 2
 
 
 @state_key_generator
@@ -195,8 +204,59 @@ def ERROR(ask: _Ask) -> State | None:
     return _recover(ask)
 
 
+def _bounced(message: MailRequest, member: str | None) -> tuple[str, ...]:
+    """Whom a bounce is about: the member its VERP address encodes, else whom it reports."""
+    if member is None:
+        assert message.bounce is not None, "@bounce_to hands over bounces only"
+        return message.bounce.addresses
+    address = verp.DEFAULT.member(member)
+    return (address,) if address else ()
+
+
+def hard_bounce(
+    message: MailRequest,
+    list: str | None = None,
+    member: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Count a permanent failure against each member it names; the ``HARD_BOUNCES``-th takes
+    the member off the list (the list file then resumes the member's next mail in START)."""
+    assert list is not None and host is not None and message.bounce is not None
+    name, why = listmail.address(list, host), message.bounce.diagnostic or message.bounce.status
+    for address in _bounced(message, member):
+        count = lists.bounced(list, address, HARD_BOUNCES)
+        if not count:
+            log.info("%r: a hard bounce for %r, no member: %s", name, address, why)
+        elif count < HARD_BOUNCES:
+            log.warning("%r: hard bounce %d for %r: %s", name, count, address, why)
+        else:
+            log.warning("%r: %r unsubscribed after %d hard bounces", name, address, count)
+
+
+def soft_bounce(
+    message: MailRequest,
+    list: str | None = None,
+    member: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Log a transient failure (a full mailbox, a host down): the member stays."""
+    assert message.bounce is not None, "@bounce_to hands over bounces only"
+    addresses = _bounced(message, member)
+    log.info("%r: soft bounce for %r: %s", f"{list}@{host}", addresses, message.bounce.status)
+
+
 @route("(list)-bounces@(host)", list=lists.NAME)
+@route(r"(list)-bounces\+(member)@(host)", list=lists.NAME, member=verp.MEMBER)
 @stateless
-def BOUNCES(message: MailRequest, list: str | None = None, host: str | None = None) -> None:
-    """Log a bounce of the list's mail (a bigger list would count them and drop dead addresses)."""
-    log.warning("%r: a bounce from %r: %r", f"{list}@{host}", message.sender, message["Subject"])
+@bounce_to(soft=soft_bounce, hard=hard_bounce)
+def BOUNCES(
+    message: MailRequest,
+    list: str | None = None,
+    member: str | None = None,
+    host: str | None = None,
+) -> None:
+    """The list's return paths: bounces go to ``hard_bounce`` or ``soft_bounce``; anything
+    else (an auto-reply to a copy of a post) is dropped."""
+    log.debug(
+        "%r: dropped %r from %r, no bounce", f"{list}@{host}", message["Subject"], message.sender
+    )

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Callable
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from helpers import Project, Received, Sink, serving, sink_server
 
 from mailrouter import MailRequest, Reply, Router
 from mailrouter.config import FIELDS, Settings, load_settings
+from mailrouter.outbound.verp import verp_address
 from mailrouter.testing import Conversation, Outbox, authenticated_as
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +81,43 @@ def last(outbox: Outbox, to: str) -> EmailMessage:
     return outbox.delivered(to=to)[-1]
 
 
+def returned(member: str, status: str) -> bytes:
+    """A Postfix-style delivery status notification (RFC 3464) of a copy of a post to
+    ``member``: a hard bounce for a ``5.x.x`` status, a delay for a ``4.x.x`` one. Each has
+    its own Message-ID: the same bytes again would be an MTA's retry, received once."""
+    action = "failed" if status.startswith("5") else "delayed"
+    reply = f"{status[0]}50 {status} <{member}>: Recipient address rejected"
+    return (
+        "From: MAILER-DAEMON@mx.x.org (Mail Delivery System)\r\n"
+        f"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: {make_msgid()}\r\n"
+        "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Description: Notification\r\nContent-Type: text/plain\r\n\r\n"
+        f"This is the mail system at host mx.x.org.\r\n\r\n<{member}>: host mx.x.org said: "
+        f"{reply}\r\n\r\n--B\r\nContent-Description: Delivery report\r\n"
+        "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.x.org\r\n\r\n"
+        f"Final-Recipient: rfc822; {member}\r\nOriginal-Recipient: rfc822;{member}\r\n"
+        f"Action: {action}\r\nStatus: {status}\r\nRemote-MTA: dns; mx.x.org\r\n"
+        f"Diagnostic-Code: smtp; {reply}\r\n\r\n--B\r\n"
+        "Content-Description: Undelivered Message Headers\r\n"
+        "Content-Type: text/rfc822-headers\r\n\r\nFrom: ann@y.org\r\nSubject: [news] Hi\r\n"
+        "\r\n--B--\r\n"
+    ).encode()
+
+
+def vacation(member: str) -> bytes:
+    """An automatic reply (RFC 3834) of ``member`` to a copy of a post."""
+    return (
+        f"From: {member}\r\nSubject: Out of office: [news] Hi\r\nMessage-ID: {make_msgid()}\r\n"
+        "Auto-Submitted: auto-replied\r\n\r\nI am away until Monday.\r\n"
+    ).encode()
+
+
+def verp(member: str) -> str:
+    """The return path of the copies of news@ posts to ``member``."""
+    return verp_address(BOUNCES, member)
+
+
 def token_in(confirmation: EmailMessage) -> str:
     found = re.fullmatch(r"[a-z0-9.]+-confirm-([0-9a-f]+)@example\.com", confirmation["From"])
     assert found, confirmation["From"]
@@ -116,7 +155,7 @@ def test_subscribe_confirm_post_unsubscribe(talk: Conversation) -> None:
     accepted(talk, JOE, "news@example.com", "First post")
     sent = talk.outbox.sent[-1]
     copy = sent.message
-    assert (sent.sender, sent.recipients) == (BOUNCES, (JOE,))
+    assert (sent.sender, sent.recipients) == ("news-bounces+joe=x.org@example.com", (JOE,))
     assert copy["From"] == JOE and copy["Subject"] == "[news] First post"
     assert copy["List-Id"] == "<news.example.com>"
     assert copy["List-Post"] == "<mailto:news@example.com>"
@@ -141,14 +180,17 @@ def test_every_member_gets_every_post_and_outsiders_are_refused(talk: Conversati
     join(talk, "ANN@y.org")  # the normalised address is the member
     talk.outbox.clear()
     accepted(talk, ANN, "news@example.com", "[news] Re: hi")
-    (sent,) = talk.outbox.sent  # one message, to every member
-    assert sent.recipients == (ANN, JOE)
-    assert sent.message["Subject"] == "[news] Re: hi"  # no second tag
+    copies = talk.outbox.sent  # one copy per member, each from its own return path
+    assert [(sent.sender, sent.recipients) for sent in copies] == [
+        (verp(ANN), (ANN,)),
+        (verp(JOE), (JOE,)),
+    ]
+    assert {sent.message["Subject"] for sent in copies} == {"[news] Re: hi"}  # no second tag
     reply = say(talk, BOB, "news@example.com")
     assert (reply.code, reply.text[:5]) == (550, "5.7.1")
     assert "news-subscribe@example.com" in reply.text
     assert lists.read("news").members == {JOE, ANN}
-    assert len(talk.outbox.sent) == 1
+    assert len(talk.outbox.sent) == 2
 
 
 def test_wrong_or_foreign_tokens_are_refused_and_subscribing_again_resends(
@@ -210,10 +252,44 @@ def test_bounces_auto_replies_and_list_mail_are_ignored(
     assert talk.outbox.sent == []
     talk.assert_in_state(LIST, JOE, "POSTING", to="news@example.com")
 
-    caplog.set_level(logging.WARNING, logger=LIST)
+    caplog.set_level(logging.INFO, logger=LIST)
     result = asyncio.run(router.deliver(helpers.mail("", [BOUNCES], subject="Undelivered")))
     assert [reply.code for reply in result.replies] == [250] and not result.reasons
-    assert "'news@example.com': a bounce" in caplog.text and "'Undelivered'" in caplog.text
+    assert caplog.text == "" and talk.outbox.sent == []  # no bounce: dropped quietly
+
+
+def bounce(talk: Conversation, to: str, data: bytes) -> None:
+    """Deliver ``data`` from the null sender to ``to``; it must be accepted."""
+    result = asyncio.run(talk.router.deliver(MailRequest(None, "", [to], data)))
+    assert [reply.code for reply in result.replies] == [250] and not result.reasons
+
+
+def test_a_members_second_hard_bounce_unsubscribes_it(
+    talk: Conversation, caplog: pytest.LogCaptureFixture
+) -> None:
+    from handlers_example import lists
+
+    caplog.set_level(logging.INFO, logger=LIST)
+    join(talk, JOE)
+    join(talk, ANN)
+    bounce(talk, verp(JOE), returned(JOE, "5.1.1"))
+    assert lists.read("news") == lists.Roster({JOE, ANN}, bounces={JOE: 1})
+    assert "'news@example.com': hard bounce 1 for 'joe@x.org': 550 5.1.1" in caplog.text
+    for _ in range(2):  # neither counts
+        bounce(talk, verp(ANN), returned(ANN, "4.2.2"))
+        bounce(talk, verp(ANN), vacation(ANN))
+        bounce(talk, verp(BOB), returned(BOB, "5.1.1"))  # no member
+    assert lists.read("news") == lists.Roster({JOE, ANN}, bounces={JOE: 1})
+    assert "soft bounce for ('ann@y.org',): 4.2.2" in caplog.text
+
+    bounce(talk, BOUNCES, returned(JOE, "5.1.1"))  # no VERP: the report names the member
+    assert lists.read("news") == lists.Roster({ANN})
+    assert "'joe@x.org' unsubscribed after 2 hard bounces" in caplog.text
+    assert talk.outbox.sent[-1].recipients == (ANN,)  # nothing sent to the dead address
+    reply = say(talk, JOE, "news@example.com")
+    assert reply.text.startswith("5.7.1 You are not a member of news@example.com")
+    join(talk, JOE)  # back, with no bounces counted
+    assert lists.read("news") == lists.Roster({JOE, ANN})
 
 
 def test_the_list_file_wins_after_a_lost_state_or_a_crash(talk: Conversation) -> None:
@@ -260,17 +336,22 @@ def test_list_names_and_tokens_are_ascii() -> None:
     assert router.match("news-confirm-\u0131@example.com") == []
 
 
-def _sendmail(port: int, sender: str, rcpt: str, subject: str, message_id: str = "") -> Any:
-    head = f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
-    head += f"Message-ID: {message_id}\r\n" if message_id else ""
+def _sendmail(port: int, sender: str, rcpt: str, data: bytes) -> Any:
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-        return client.sendmail(sender, [rcpt], f"{head}\r\nHi all.\r\n".encode())
+        return client.sendmail(sender, [rcpt], data)
+
+
+async def transmit(port: int, sender: str, rcpt: str, data: bytes) -> None:
+    """Send ``data`` over SMTP; it must be accepted."""
+    refused = await asyncio.to_thread(_sendmail, port, sender, rcpt, data)
+    assert refused == {}
 
 
 async def send(port: int, sender: str, rcpt: str, subject: str, message_id: str = "") -> None:
-    """Send one message over SMTP; it must be accepted."""
-    refused = await asyncio.to_thread(_sendmail, port, sender, rcpt, subject, message_id)
-    assert refused == {}
+    """Send one small message over SMTP; it must be accepted."""
+    head = f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
+    head += f"Message-ID: {message_id}\r\n" if message_id else ""
+    await transmit(port, sender, rcpt, f"{head}\r\nHi all.\r\n".encode())
 
 
 async def test_log_handler_stores_a_copy_and_logs_one_escaped_line(
@@ -364,11 +445,11 @@ def found(sink: Sink, to: str, subject: str) -> list[Received]:
     return [r for r in sink.received if to in r.recipients and parse(r)["Subject"] == subject]
 
 
-async def arrived(sink: Sink, to: str, subject: str) -> EmailMessage:
-    """The one message for ``to`` with ``subject`` (waited for); sent from the bounce address."""
+async def arrived(sink: Sink, to: str, subject: str, sender: str = BOUNCES) -> EmailMessage:
+    """The one message for ``to`` with ``subject`` (waited for), sent from ``sender``."""
     await wait_for(lambda: bool(found(sink, to, subject)))
     (received,) = found(sink, to, subject)
-    assert received.sender == BOUNCES
+    assert received.sender == sender
     return parse(received)
 
 
@@ -389,7 +470,8 @@ async def test_the_whole_conversation_over_smtp_through_the_relay(
 
 
 async def converse(project: Project, sink: Sink, dns: str) -> None:
-    """Subscribe three members, post, unsubscribe one, post again: each step's mail arrives."""
+    """Subscribe three members, post, unsubscribe one, bounce another twice, post between: each
+    step's mail arrives, each copy from its member's VERP address."""
     async with sink_server(sink) as sink_port:
         config = CONFIG.format(port=sink_port, dns=dns)
         (project.folder / "config" / "mailrouter.toml").write_text(config)
@@ -409,7 +491,7 @@ async def converse(project: Project, sink: Sink, dns: str) -> None:
 
             await send(port, ANN, "news@example.com", "First post", "<first@y.org>")
             for member in (JOE, ANN, BOB):
-                copy = await arrived(sink, member, "[news] First post")
+                copy = await arrived(sink, member, "[news] First post", verp(member))
                 assert copy["From"] == ANN and copy["Message-ID"] == "<first@y.org>"
                 assert copy["List-Id"] == "<news.example.com>"
                 assert copy["List-Unsubscribe"] == "<mailto:news-unsubscribe@example.com>"
@@ -417,14 +499,26 @@ async def converse(project: Project, sink: Sink, dns: str) -> None:
 
             await send(port, BOB, "news-unsubscribe@example.com", "leave")
             await arrived(sink, BOB, "Goodbye from news@example.com")
+            await transmit(port, "", verp(JOE), returned(JOE, "5.1.1"))  # the first hard bounce
+            for _ in range(2):  # neither counts
+                await transmit(port, "", verp(ANN), returned(ANN, "4.2.2"))
+                await transmit(port, "", verp(ANN), vacation(ANN))
             await send(port, JOE, "news@example.com", "Second post")
             for member in (JOE, ANN):
-                await arrived(sink, member, "[news] Second post")
+                await arrived(sink, member, "[news] Second post", verp(member))
             # the list sends before it answers DATA: a copy for Bob would be here by now
             assert found(sink, BOB, "[news] Second post") == []
+
+            await transmit(port, "", verp(JOE), returned(JOE, "5.1.1"))  # the second
+            await send(port, ANN, "news@example.com", "Third post")
+            await arrived(sink, ANN, "[news] Third post", verp(ANN))
+            assert found(sink, JOE, "[news] Third post") == []  # unsubscribed
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                await send(port, JOE, "news@example.com", "Fourth post")
+            assert b"not a member of news@example.com" in refused.value.smtp_error
             every = sorted((r, parse(m)["Subject"]) for m in sink.received for r in m.recipients)
-            # 3 confirmations, 3 welcomes, 3 + 2 copies and a goodbye; nothing twice
-            assert len(every) == len(set(every)) == 12
+            # 3 confirmations, 3 welcomes, 3 + 2 + 1 copies and a goodbye; nothing twice
+            assert len(every) == len(set(every)) == 13
             stopped = await asyncio.to_thread(project.run, "stop")
             assert stopped.returncode == 0, stopped.stderr
         finally:
