@@ -156,11 +156,10 @@ def status(ctx: click.Context, config: str, as_json: bool) -> None:
 
 def _described(report: dict[str, Any]) -> str:
     """The control socket's status report as a few lines for people."""
-    workers = report["workers"]
     lines = [
         f"version {report['version']}, up {_duration(report['uptime'])},"
-        f" {workers} worker{'s' if workers != 1 else ''}, {report['protocol'].upper()},"
-        f" {report['mode']} mode, {report['routes']} routes",
+        f" {_count(report['workers'], 'worker')}, {report['protocol'].upper()},"
+        f" {report['mode']} mode, {_count(report['routes'], 'route')}",
         f"sessions open: {report['sessions']}, messages being delivered: {report['delivering']}",
     ]
     journal = report["journal"]
@@ -174,6 +173,10 @@ def _described(report: dict[str, Any]) -> str:
     )
     lines.append(f"queues: {queues}")
     return "\n".join(lines)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _duration(seconds: float) -> str:
@@ -196,4 +199,4 @@ def reload(config: str) -> None:
         pid = daemon.signal_server(settings, signal.SIGHUP)
         click.echo(f"sent SIGHUP to mailrouter (pid {pid}); the log says how the reload went")
         return
-    click.echo(f"reloaded: {answer['routes']} routes")
+    click.echo(f"reloaded: {_count(answer['routes'], 'route')}")

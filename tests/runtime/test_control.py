@@ -272,7 +272,7 @@ def test_workers_share_one_control_socket(make_project: Callable[..., Project]) 
     port, pid = project.start("--workers", "2", "--state-url", "sqlite://run/state.sqlite")
     report = json.loads(project.run("status", "--json").stdout)
     assert (report["pid"], report["workers"]) == (pid, 2)
-    assert project.run("reload").stdout == "reloaded: 1 routes\n"
+    assert project.run("reload").stdout == "reloaded: 1 route\n"
     send(port, "hello@localhost")
     stopped = project.run("stop")
     assert stopped.returncode == 0, stopped.stderr
