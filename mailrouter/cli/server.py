@@ -66,7 +66,7 @@ def start(config: str, foreground: bool, **overrides: Any) -> None:
             overrides[name] = None  # a list option not given: the file's and env's value
     settings = project_settings(config, overrides)
     from mailrouter.runtime.launch import run
-    from mailrouter.runtime.server import leave_hung_handlers
+    from mailrouter.runtime.serve import leave_hung_handlers
 
     if foreground:
         configure_logging(settings, to_file=False)

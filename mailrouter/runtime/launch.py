@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mailrouter.config import Settings
-from mailrouter.runtime.server import run_in_process
+from mailrouter.runtime.serve import run_in_process
 from mailrouter.runtime.workers import run_workers
 
 

@@ -1,7 +1,8 @@
-"""The server's lifecycle: start (bind, spool, metrics), serve until a signal, reload, drain.
+"""The server: a router, the sockets it listens on, and their start and graceful stop.
 
-One concept, the lifecycle, in one place (about 470 lines): start, stop and the signal-driven
-``serve`` share the state they set up and tear down in reverse, which splitting would scatter.
+``build_router`` makes the router of the settings; ``Server`` starts the journal, the spool and
+the listening socket (TCP or Unix, with the metrics endpoint), and stops in reverse, letting
+deliveries finish within ``drain_timeout``. What runs it until a signal is ``serve.py``.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -30,16 +28,9 @@ from mailrouter.inbound.outcome import delivery_log
 from mailrouter.inbound.smtp import LMTPSession, ServerState, SMTPSession
 from mailrouter.inbound.spool import Spool
 from mailrouter.journal import Journal, open_journal
-from mailrouter.outbound import sender as outgoing
-from mailrouter.outbound import templates as views
 from mailrouter.queue import Queue
 from mailrouter.routing.executor import run_blocking
 from mailrouter.routing.router import Router
-from mailrouter.runtime.commands import Operations, server_commands
-from mailrouter.runtime.control import ControlServer
-from mailrouter.runtime.daemon import drop_privileges
-from mailrouter.runtime.watchdog import LoopWatchdog
-from mailrouter.runtime.web import HostedConsole
 from mailrouter.state import open_store
 
 if TYPE_CHECKING:
@@ -50,7 +41,6 @@ log = logging.getLogger(__name__)
 _PURGE_INTERVAL = 3600.0  # seconds between journal retention passes
 HANDLER_THREADS = "mailrouter-handler"  # the name prefix of the handler executor's threads
 IO_THREADS = "mailrouter-io"  # and of the I/O executor's (journal, queues, spool, state)
-RELOAD_TIMEOUT = 60.0  # seconds the handler modules may take to import on SIGHUP
 
 
 def build_router(settings: Settings, *, readonly: bool = False) -> Router:
@@ -291,184 +281,3 @@ class Server:
             self._purging = None
         if journal is not None:
             await run_blocking(self.router.io_executor, journal.close)
-
-
-async def serve(
-    settings: Settings,
-    *,
-    on_ready: Callable[[str], None] | None = None,
-    supervisor: int | None = None,
-) -> None:
-    """Run a server for ``settings`` until SIGTERM, SIGINT or the control socket's ``stop``;
-    SIGHUP or its ``reload`` reloads the handlers. ``supervisor`` is the pid of the process
-    that forked this one as a worker: stop and reload then go through it, to every worker.
-
-    The relay and the template folder handlers use are this context's, set before the socket
-    opens: every session's task, and every handler thread, runs in a copy of it.
-    """
-    relay = outgoing.from_settings(settings)
-    with outgoing.using(relay), views.using(settings.path(settings.templates)):
-        await _serve(settings, relay, on_ready, supervisor)
-    log.info("mailrouter stopped")
-
-
-async def _serve(
-    settings: Settings,
-    relay: outgoing.Relay,
-    on_ready: Callable[[str], None] | None,
-    supervisor: int | None,
-) -> None:
-    loop = asyncio.get_running_loop()
-    router = build_router(settings)
-    server = Server(settings, router)
-    stopping = asyncio.Event()
-    retries: asyncio.Task[None] | None = None
-    reloads: set[asyncio.Task[int | None]] = set()
-    control: ControlServer | None = None
-    console: HostedConsole | None = None
-    watchdog = LoopWatchdog(router, settings.loop_block_warning)
-
-    def on_sighup() -> None:
-        task = asyncio.create_task(_logged(_reload(router, settings)))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    def stop() -> None:
-        if supervisor is None:
-            stopping.set()
-        else:
-            _signal_supervisor(supervisor, signal.SIGTERM)
-
-    async def reload() -> int:
-        count = await _reload(router, settings)
-        if supervisor is not None:  # the supervisor passes it on to the other workers
-            _signal_supervisor(supervisor, signal.SIGHUP)
-        return count
-
-    try:
-        await server.start()
-        watchdog.start()
-        commands = server_commands(
-            server,
-            Operations(settings, router, relay),
-            stop=stop,
-            reload=reload,
-            supervisor=supervisor,
-        )
-        if settings.control_socket:
-            control = ControlServer(settings.path(settings.control_socket), commands)
-            await control.start()
-        if settings.console_port:
-            console = await HostedConsole.start(settings, server.handler, commands)
-        drop_privileges(settings)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        log.info(
-            "mailrouter ready on %s (pid %d, %d routes, %s)",
-            server.address,
-            os.getpid(),
-            len(router.routes()),
-            type(loop).__module__.partition(".")[0],
-        )
-        retries = asyncio.create_task(relay.run_retries(stopping))
-        if on_ready is not None:
-            on_ready(server.address)
-        await stopping.wait()
-        log.info("stopping: draining deliveries")
-        if control is not None:
-            await control.stop()
-        await server.stop()
-    finally:
-        stopping.set()
-        if control is not None:
-            await control.stop()
-        if console is not None:
-            await console.stop()
-        if retries is not None:
-            await retries
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
-        for task in list(reloads):  # a reload still importing: the old routes served to the end
-            task.cancel()
-        watchdog.stop()
-        router.close()
-
-
-def _signal_supervisor(pid: int, signum: signal.Signals) -> None:
-    """Signal the workers' supervisor, only while it is still this process's parent."""
-    if os.getppid() != pid:
-        raise MailRouterError(f"the supervisor (pid {pid}) is gone; not signalling anything")
-    os.kill(pid, signum)
-
-
-async def _logged(reloading: Awaitable[int]) -> int | None:
-    """A SIGHUP's reload: its failure is logged, since nobody waits for its answer."""
-    try:
-        return await reloading
-    except MailRouterError as exc:
-        log.error("%s", exc)
-        return None
-
-
-async def _reload(router: Router, settings: Settings) -> int:
-    """Rebuild the routes from what the handler files say now, off the event loop; how many.
-
-    Deleted functions and files disappear, new ones appear. A module that fails, exits or takes
-    longer than ``RELOAD_TIMEOUT`` to import is a failed reload (a MailRouterError): the old
-    routes stay whole.
-    """
-    try:
-        compiling = asyncio.to_thread(lambda: router.compile(handler_modules(settings)))
-        table = await asyncio.wait_for(compiling, RELOAD_TIMEOUT)
-    except TimeoutError:
-        raise MailRouterError(
-            f"reload failed, keeping the old routes: imports took over {RELOAD_TIMEOUT:g}s"
-        ) from None
-    except MailRouterError as exc:
-        raise MailRouterError(f"reload failed, keeping the old routes: {exc}") from exc
-    router.use(table)
-    count = len(router.routes())
-    log.info("reloaded handlers: %d routes", count)
-    return count
-
-
-def run_in_process(
-    settings: Settings,
-    on_ready: Callable[[str], None] | None = None,
-    supervisor: int | None = None,
-) -> None:
-    """``serve`` on the configured event loop: uvloop's when it is installed, unless disabled."""
-    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings, on_ready=on_ready, supervisor=supervisor))
-
-
-def leave_hung_handlers(status: int = 0) -> None:
-    """End the process now if executor threads still run after the drain (handlers, or store
-    calls, that hung past ``drain_timeout``), instead of letting the interpreter wait for them
-    at exit. What they were doing was never acknowledged (direct mode) or is still in the spool.
-    """
-    deadline = time.monotonic() + 1.0  # idle threads, told to stop, go within moments
-    ours = (HANDLER_THREADS, IO_THREADS)
-    for thread in threading.enumerate():
-        if thread.name.startswith(ours):
-            thread.join(max(0.0, deadline - time.monotonic()))
-    hung = [t for t in threading.enumerate() if t.name.startswith(ours)]
-    if hung:
-        log.warning("exiting with %d executor threads still running", len(hung))
-        logging.shutdown()
-        os._exit(status)
-
-
-def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise MailRouterError(
-                "event_loop = 'uvloop' needs uvloop: pip install 'mailrouter[speed]'"
-            ) from None
-        return None
-    return uvloop.new_event_loop

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 from mailrouter.config import Settings
 from mailrouter.errors import MailRouterError
-from mailrouter.runtime.server import run_in_process
+from mailrouter.runtime.serve import run_in_process
 from mailrouter.state import open_store
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from mailrouter import MailResponse, MailRouterError
 from mailrouter.config import Settings, load_settings
 from mailrouter.outbound import templates as views
 from mailrouter.outbound.response import HeaderInjectionError
-from mailrouter.runtime.server import serve
+from mailrouter.runtime.serve import serve
 from mailrouter.testing import Conversation
 
 TEXT = "Hello {{ name }} <{{ address }}>,\nwelcome to {{ list }}.\n"

@@ -52,7 +52,7 @@ def test_start_status_send_stop(project: Project) -> None:
     log = project.folder / "logs" / "mailrouter.log"
     wait_for(lambda: "hello from a@example.org" in log.read_text())
     assert re.search(
-        r"^\d{4}-\d\d-\d\d [\d:,]+ INFO +mailrouter\.runtime\.server: ", log.read_text(), re.M
+        r"^\d{4}-\d\d-\d\d [\d:,]+ INFO +mailrouter\.runtime\.serve: ", log.read_text(), re.M
     )
 
     stopped = project.run("stop")
@@ -155,7 +155,7 @@ def test_foreground_exits_0_on_sigterm(project: Project) -> None:
                 server.communicate()
     assert server.returncode == 0, errors
     assert "Traceback" not in errors
-    assert "INFO    mailrouter.runtime.server: mailrouter stopped" in errors
+    assert "INFO    mailrouter.runtime.serve: mailrouter stopped" in errors
     assert not project.pid_file.exists()
 
 
