@@ -314,7 +314,9 @@ def test_setting_start_removes_the_entry(tmp_path: Path) -> None:
         assert db.execute("SELECT count(*) FROM Dict").fetchone() == (0,)
 
 
-async def test_a_handler_may_move_another_module(router: Router, make_module: MakeModule) -> None:
+def kicking_modules(router: Router, make_module: MakeModule) -> tuple[str, str]:
+    """Two loaded modules: mail to kick@ moves the sender of the first into the second's
+    WAITING state. Their names."""
     other = make_module(
         """
         from mailrouter import route
@@ -332,6 +334,11 @@ async def test_a_handler_may_move_another_module(router: Router, make_module: Ma
         """
     )
     router.load([app, other])
+    return app, other
+
+
+async def test_a_handler_may_move_another_module(router: Router, make_module: MakeModule) -> None:
+    app, other = kicking_modules(router, make_module)
     msg = mail(recipients=["kick@example.com"])
     await router.deliver(msg)
     assert router.get_state(other, msg) == "WAITING"
@@ -941,23 +948,7 @@ async def test_set_state_out_of_error_drops_the_reason(make_module: MakeModule) 
 async def test_moving_another_module_out_of_error_drops_its_reason(
     router: Router, make_module: MakeModule
 ) -> None:
-    other = make_module(
-        """
-        from mailrouter import route
-        @route("never@nowhere")
-        def WAITING(message): pass
-        """
-    )
-    app = make_module(
-        f"""
-        from mailrouter import route
-        import {other}
-        @route("kick@(host)")
-        def START(message, host=None):
-            return {other}.WAITING
-        """
-    )
-    router.load([app, other])
+    _, other = kicking_modules(router, make_module)
     msg = mail(recipients=["kick@example.com"])
     reason = ErrorReason("x.START", "ValueError: old", "2026-12-03T15:00:00Z")
     record_error(router.store, other, msg.route_from, reason)
