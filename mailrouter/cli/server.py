@@ -132,12 +132,12 @@ def status(ctx: click.Context, config: str, as_json: bool) -> None:
         report = ask_server(settings, "status", timeout=10.0)
     except MailRouterError:  # not listening yet, or not answering: a health check's failure
         report = None
+    # the pid file is written once the server is ready: a ready server must answer
+    recorded = pidlock.read_pid(pidlock.pid_path(settings))
+    unanswered = report is None and bool(settings.control_socket) and recorded is not None
     if as_json:
         click.echo(json.dumps({"running": True, "pid": holder.pid, **(report or {})}, indent=2))
-        if report is None and settings.control_socket and pidlock.pid_path(settings).exists():
-            ctx.exit(UNANSWERED)
-        return
-    recorded = pidlock.read_pid(pidlock.pid_path(settings))
+        ctx.exit(UNANSWERED if unanswered else 0)
     if holder.pid is None:
         click.echo(
             f"mailrouter is running, but the process holding {pidlock.lock_path(settings)} "
@@ -149,7 +149,7 @@ def status(ctx: click.Context, config: str, as_json: bool) -> None:
         click.echo(f"mailrouter running on {pidlock.read_address(settings)} (pid {holder.pid})")
     if report is not None:
         click.echo(_described(report))
-    elif settings.control_socket and recorded is not None:  # ready, yet not answering
+    elif unanswered:
         click.echo(f"the control socket {settings.path(settings.control_socket)} does not answer")
         ctx.exit(UNANSWERED)
 
