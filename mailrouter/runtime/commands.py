@@ -116,20 +116,16 @@ class Operations:
 
     async def _only_key(self, sender: str) -> str:
         stored: list[str] = [entry["key"] for entry in await self.states(sender=sender)]
-        candidates = stored or sorted(self._machines())
+        candidates = stored or sorted(route_views.state_functions(self.router))
         if len(candidates) == 1:
             return candidates[0]
         named = ", ".join(candidates) or "none: no stateful handlers are loaded"
         raise MailRouterError(f"name the state key with --key (one of: {named})")
 
-    def _machines(self) -> dict[str, set[str]]:
-        """Each module with stateful handlers: the names of its states."""
-        return route_views.state_functions(self.router)
-
     def _check_state(self, key: str, state: str) -> None:
         if state in (START, ERROR):
             return
-        machines = self._machines()
+        machines = route_views.state_functions(self.router)
         if key in machines:
             allowed = machines[key]
         else:  # a key a state key generator made: a state of one of those modules
