@@ -187,7 +187,7 @@ class Transport:
                     try:
                         await client.rcpt(rcpt, encoding=encoding)
                     except aiosmtplib.SMTPRecipientRefused as exc:
-                        attempts[rcpt] = _refusal(where, exc.code, exc.message)
+                        attempts[rcpt] = refusal(where, exc.code, exc.message)
                     else:
                         accepted.append(rcpt)
                 if accepted:
@@ -198,7 +198,7 @@ class Transport:
             finally:
                 await _close(client)
         except aiosmtplib.SMTPResponseException as exc:
-            attempt = _refusal(where, exc.code, exc.message)
+            attempt = refusal(where, exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:  # OSError covers ssl and timeouts
             attempt = Attempt("deferred", f"{where}: {stage}: {clean_reply(str(exc)) or exc!r}")
         else:
@@ -211,7 +211,7 @@ class Transport:
         return attempts, next_host
 
 
-def _refusal(where: str, code: int, message: str) -> Attempt:
+def refusal(where: str, code: int, message: str) -> Attempt:
     """A 4xx reply defers, anything else fails."""
     status: AttemptStatus = "deferred" if 400 <= code < 500 else "failed"
     return Attempt(status, f"{where}: {code} {clean_reply(message)}")

@@ -10,6 +10,7 @@ As in Salmon, these confirmations do not expire; the reply address is
 
 from __future__ import annotations
 
+import shelve
 from collections.abc import MutableMapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -25,9 +26,10 @@ __all__ = ["ConfirmationEngine", "ConfirmationStorage"]
 
 class ConfirmationStorage:
     """Salmon's storage of pending confirmations: ``(secret, pending message id)`` per target
-    and address, in ``db`` (a dict unless given: a shelf keeps them across restarts)."""
+    and address, in ``db`` (a dict unless given; a ``shelve`` shelf keeps them across restarts,
+    under the key as text, since a shelf's keys are text)."""
 
-    def __init__(self, db: MutableMapping[bytes, tuple[str, str]] | None = None) -> None:
+    def __init__(self, db: MutableMapping[Any, tuple[str, str]] | None = None) -> None:
         self.confirmations = {} if db is None else db
 
     def clear(self) -> None:
@@ -38,19 +40,25 @@ class ConfirmationStorage:
         """The key of (target, address) in ``confirmations``: ``b"target:address"``."""
         return f"{target}:{from_address}".encode()
 
+    def _slot(self, target: str, from_address: str) -> bytes | str:
+        """``key()``, as text for a shelf."""
+        key = self.key(target, from_address)
+        return key.decode() if isinstance(self.confirmations, shelve.Shelf) else key
+
     def get(self, target: str, from_address: str) -> tuple[str | None, str | None]:
         """``(expected secret, pending message id)``, or ``(None, None)``."""
-        return self.confirmations.get(self.key(target, from_address), (None, None))
+        return self.confirmations.get(self._slot(target, from_address), (None, None))
 
     def delete(self, target: str, from_address: str) -> None:
         """Forget the confirmation of (target, address), if any."""
-        self.confirmations.pop(self.key(target, from_address), None)
+        self.confirmations.pop(self._slot(target, from_address), None)
 
     def store(
         self, target: str, from_address: str, expected_secret: str, pending_message_id: str
     ) -> None:
         """Keep the confirmation of (target, address), replacing an earlier one."""
-        self.confirmations[self.key(target, from_address)] = (expected_secret, pending_message_id)
+        slot = self._slot(target, from_address)
+        self.confirmations[slot] = (expected_secret, pending_message_id)
 
 
 class _SalmonRecords(PendingStore):

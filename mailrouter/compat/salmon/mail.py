@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from email import policy
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from functools import cached_property
 from typing import Any, Self
@@ -144,6 +146,14 @@ class MailRequest(Request):
     def to_message(self) -> EmailMessage:
         """The parsed ``email`` message, with the changes handlers made."""
         return self.message
+
+    def headers_changed(self) -> bool:
+        """Whether the headers are no longer those received (a handler set or deleted one)."""
+        parsed = self._parsed.message
+        if parsed is None:
+            return False  # never parsed, so never changed
+        received = BytesHeaderParser(policy=policy.default).parsebytes(self.data)
+        return list(received.raw_items()) != list(parsed.raw_items())
 
     def __str__(self) -> str:
         return to_string(self.base)

@@ -43,9 +43,13 @@ class Queue:
         self._oversize = None if oversize_dir is None else NativeQueue(oversize_dir)
 
     def push(self, message: Any) -> str:
-        """Store ``message`` (a request as received, or anything else as ``str()`` gives it:
-        a response, text, bytes); its key."""
-        if not isinstance(message, Request):
+        """Store ``message`` (a request as received, or with the header changes a handler
+        made, as Salmon stored its text; anything else as ``str()`` gives it: a response,
+        text, bytes); its key."""
+        if isinstance(message, MailRequest) and message.headers_changed():
+            changed = message.to_message().as_bytes()
+            message = Request(message.peer, message.sender, message.recipients, changed)
+        elif not isinstance(message, Request):
             data = message if isinstance(message, str | bytes) else str(message)
             message = MailRequest(None, None, None, data)
         return self._queue.push(message)

@@ -1,20 +1,26 @@
 """Salmon's ``server`` names handler code uses: ``SMTPError`` and ``Relay``.
 
 ``SMTPError`` is mailrouter's: raised in a handler, it refuses the recipient with that reply.
-``Relay`` sends with mailrouter's relay (``outbound.sender``): to ``host:port``, or to each
-recipient domain's MX when ``host`` is None. Salmon's receivers are mailrouter's server itself.
+``Relay`` prepares each message with mailrouter's relay (``outbound.sender``: envelope, bytes,
+DKIM signature) and, as Salmon's did, hands it to Python's ``smtplib`` at ``host:port``; with
+``host=None`` mailrouter's own relay sends it to each recipient domain's MX. Salmon's receivers
+are mailrouter's server itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import smtplib
+import ssl
 from typing import Any, Unpack
 
 from mailrouter.compat.salmon.mail import MailRequest, MailResponse, bare_addresses
 from mailrouter.errors import SMTPError
 from mailrouter.outbound import sender as outbound
+from mailrouter.outbound.outbox import Attempt, clean_reply
 from mailrouter.outbound.response import reply
 from mailrouter.outbound.sender import Sendable, Sender, SendOptions, SendResult
-from mailrouter.outbound.transport import ConnectionOptions
+from mailrouter.outbound.transport import ConnectionOptions, refusal
 
 __all__ = ["Relay", "SMTPError", "current"]
 
@@ -22,9 +28,11 @@ __all__ = ["Relay", "SMTPError", "current"]
 class Relay:
     """Sends mail to the relay server (smarthost) ``host:port``, as Salmon's Relay did.
 
-    ``ssl`` is implicit TLS; ``starttls`` requires STARTTLS (otherwise it is used when offered);
-    the login needs both ``username`` and ``password``. ``sender`` sends through that mailrouter
-    Sender instead (see ``current()``). What cannot be delivered raises ``DeliveryError``.
+    ``ssl`` is implicit TLS (``smtplib.SMTP_SSL``); ``lmtp`` speaks LMTP (``smtplib.LMTP``);
+    ``starttls`` requires STARTTLS (otherwise it is used when offered); the login needs both
+    ``username`` and ``password``; ``debug`` is smtplib's debug level. ``sender`` sends through
+    that mailrouter Sender instead (see ``current()``). What cannot be delivered raises
+    ``DeliveryError``.
     """
 
     def __init__(
@@ -35,7 +43,7 @@ class Relay:
         password: str | None = None,
         ssl: bool = False,
         starttls: bool = False,
-        debug: int = 0,  # Salmon's smtplib debug level; mailrouter logs instead
+        debug: int = 0,
         lmtp: bool = False,
         *,
         sender: Sender | None = None,
@@ -44,20 +52,21 @@ class Relay:
             raise TypeError("LMTP over SSL not supported. Use STARTTLS instead.")
         if ssl and starttls:
             raise TypeError("SSL and STARTTLS make no sense together")
-        if lmtp:
-            raise NotImplementedError("mailrouter's relay speaks SMTP, not LMTP")
+        if lmtp and not host and sender is None:
+            raise TypeError("LMTP needs a host to deliver to")
         self.hostname, self.port, self.debug = host, port, debug
         login = username is not None and password is not None
-        self.sender: Sender = sender or outbound.Relay(
-            ConnectionOptions(
-                host or None,
-                port,
-                starttls=True if starttls else None,
-                tls=ssl,
-                username=username if login else None,
-                password=password if login else None,
-            )
+        options = ConnectionOptions(
+            host or None,
+            port,
+            starttls=True if starttls else None,
+            tls=ssl,
+            username=username if login else None,
+            password=password if login else None,
         )
+        if sender is None:
+            sender = _Smtplib(options, lmtp=lmtp, debug=debug) if host else outbound.Relay(options)
+        self.sender = sender
 
     def deliver(self, message: Any, To: Any = None, From: Any = None) -> SendResult:
         """Send ``message`` (a MailRequest, a MailResponse, or its text) with its changes.
@@ -90,6 +99,99 @@ class Relay:
 
     def __repr__(self) -> str:
         return f"<Relay to ({self.hostname}:{self.port})>"
+
+
+class _Smtplib(outbound.Relay):
+    """mailrouter's relay (it prepares, signs and reports) whose wire step is ``smtplib``:
+    ``smtplib.SMTP``, ``SMTP_SSL`` or ``LMTP``, looked up on the module as each message goes
+    (Salmon's tests patch ``smtplib.SMTP``), in a thread. Over LMTP each recipient gets a
+    transaction of its own, so that its reply is the one smtplib reads."""
+
+    def __init__(self, options: ConnectionOptions, *, lmtp: bool, debug: int) -> None:
+        super().__init__(options)
+        self.lmtp, self.debug = lmtp, debug
+
+    async def deliver(self, sender: str, recipients: list[str], data: bytes) -> dict[str, Attempt]:
+        """One delivery attempt of ``data`` to every recipient; nothing is stored."""
+        return await asyncio.to_thread(self._session, sender, recipients, data)
+
+    def _session(self, sender: str, recipients: list[str], data: bytes) -> dict[str, Attempt]:
+        """One session: connect, greet, TLS, login, the transactions, QUIT."""
+        options = self.transport.options
+        where = f"{options.host}:{options.port}"
+        attempts: dict[str, Attempt] = {}
+        try:
+            client = self._connect(options)
+            try:
+                for batch in [[rcpt] for rcpt in recipients] if self.lmtp else [recipients]:
+                    attempts.update(_transaction(client, where, sender, batch, data))
+            finally:
+                try:
+                    client.quit()
+                except (smtplib.SMTPException, OSError):
+                    client.close()
+        except smtplib.SMTPResponseException as exc:
+            failure = refusal(where, exc.smtp_code, _text(exc.smtp_error))
+        except (smtplib.SMTPException, OSError) as exc:  # OSError covers ssl and timeouts
+            failure = Attempt("deferred", f"{where}: {clean_reply(str(exc)) or exc!r}")
+        else:
+            return attempts
+        return {rcpt: attempts.get(rcpt, failure) for rcpt in recipients}
+
+    def _connect(self, options: ConnectionOptions) -> smtplib.SMTP:
+        """A client past EHLO, STARTTLS and login, as ``options`` ask."""
+        host, port, timeout = options.host or "", options.port, options.timeout
+        context = options.tls_context or ssl.create_default_context()
+        client: smtplib.SMTP
+        if options.tls:
+            client = smtplib.SMTP_SSL(
+                host, port, options.local_hostname, timeout=timeout, context=context
+            )
+        elif self.lmtp:
+            client = smtplib.LMTP(host, port, options.local_hostname, timeout=timeout)
+        else:
+            client = smtplib.SMTP(host, port, options.local_hostname, timeout)
+        try:
+            client.set_debuglevel(self.debug)
+            client.ehlo_or_helo_if_needed()
+            if options.starttls or (options.starttls is None and client.has_extn("starttls")):
+                client.starttls(context=context)
+            if options.username is not None and options.password is not None:
+                client.login(options.username, options.password)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+
+def _transaction(
+    client: smtplib.SMTP, where: str, sender: str, rcpts: list[str], data: bytes
+) -> dict[str, Attempt]:
+    """One ``sendmail``: an Attempt per recipient (a refused MAIL or DATA fails them all)."""
+    options = []
+    if not data.isascii() and client.has_extn("8bitmime"):
+        options.append("BODY=8BITMIME")
+    if not all(address.isascii() for address in (sender, *rcpts)):
+        options.append("SMTPUTF8")
+    try:
+        refused: object = client.sendmail(sender, rcpts, data, options)
+    except smtplib.SMTPRecipientsRefused as exc:
+        refused = exc.recipients
+    except smtplib.SMTPResponseException as exc:
+        return dict.fromkeys(rcpts, refusal(where, exc.smtp_code, _text(exc.smtp_error)))
+    if not isinstance(refused, dict):  # a stand-in for smtplib.SMTP (Salmon's tests mock it)
+        refused = {}
+    return {
+        rcpt: refusal(where, refused[rcpt][0], _text(refused[rcpt][1]))
+        if rcpt in refused
+        else Attempt("delivered", f"{where}: accepted")
+        for rcpt in rcpts
+    }
+
+
+def _text(reply: bytes | str) -> str:
+    """A server reply as text."""
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
 
 
 class _Current(Sender):
