@@ -101,6 +101,8 @@ class Settings:
     console_token: str = ""
     console_token_file: str = "run/console.token"
     console_messages: str = "run/messages.db"
+    console_tls_cert: str = ""
+    console_tls_key: str = ""
     user: str = ""
     group: str = ""
     allow_root: bool = False

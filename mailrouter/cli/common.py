@@ -111,6 +111,8 @@ SETTING_HELP = {
     "console_token_file": "Where the hash of the generated console token is kept (mode 0600).",
     "console_messages": "SQLite file of the received messages' bytes, kept while the console is"
     " on (for its message page), purged with the journal ('': none kept).",
+    "console_tls_cert": "Certificate file (PEM) that serves the web console over https.",
+    "console_tls_key": "Private key file (PEM) of console_tls_cert (empty: the key is in it).",
     "user": "When started as root: the user to switch to after binding.",
     "group": "When started as root: the group to switch to after binding.",
     "allow_root": "Allow the server to keep running as root (not recommended).",

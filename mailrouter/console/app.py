@@ -1,5 +1,6 @@
-"""The console's Starlette application: its routes, the login, and the middleware around them
-(the signed session outside, then ``auth.Guard``: login, origin, secure headers).
+"""The console's Starlette application: its routes, the login (throttled: ``throttle``), and
+the middleware around them (``auth.SecureCookies`` outside, the signed session, then
+``auth.Guard``: login, origin, secure headers).
 
 ``create_app(commands, settings)`` builds it over any ``Commands``: the server's own table (the
 console inside ``mailrouter start``) or the control socket (``mailrouter console``).
@@ -21,8 +22,9 @@ from starlette.staticfiles import StaticFiles
 
 from mailrouter.config import Settings
 from mailrouter.console import activity, compose, messages, queues, routes, states
-from mailrouter.console.auth import Guard, Tokens, local_path, log_in
+from mailrouter.console.auth import Guard, SecureCookies, Tokens, local_path, log_in
 from mailrouter.console.client import Commands
+from mailrouter.console.throttle import Throttle
 from mailrouter.console.web import Console, Failed, field, get, post, render, templates
 
 SESSION_COOKIE = "mailrouter_console"
@@ -41,11 +43,22 @@ async def login_page(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
-    """Check the token; a new logged-in session, then where the user was going."""
+    """Check the token, unless this client failed too often (429); a new logged-in session,
+    then where the user was going."""
     form = await request.form()
     target = local_path(field(form, "next"))
+    throttle: Throttle = request.app.state.throttle
+    client = request.client.host if request.client else ""
+    wait = throttle.wait(client)
+    if wait:
+        error = f"too many failed logins: try again in {wait} s"
+        page = await render(request, "login.html", 429, next=target, error=error)
+        page.headers["retry-after"] = str(wait)
+        return page
     if not request.app.state.tokens.valid(field(form, "token")):
+        throttle.failed(client)
         return await render(request, "login.html", 401, next=target, error="wrong token")
+    throttle.succeeded(client)
     log_in(request)
     return RedirectResponse(target, status_code=303)
 
@@ -71,10 +84,14 @@ async def refused(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    commands: Commands, settings: Settings, *, tokens: Tokens | None = None, https: bool = False
+    commands: Commands,
+    settings: Settings,
+    *,
+    tokens: Tokens | None = None,
+    throttle: Throttle | None = None,
 ) -> Starlette:
-    """The console over ``commands``; ``tokens`` default to the settings' (see ``auth``);
-    ``https``: the session cookie is marked Secure (served over TLS)."""
+    """The console over ``commands``; ``tokens`` default to the settings' (see ``auth``), the
+    login ``throttle`` to ``Throttle()``."""
     table: list[BaseRoute] = [
         get("/", index),
         get("/login", login_page),
@@ -91,13 +108,13 @@ def create_app(
     app = Starlette(
         routes=table,
         middleware=[
+            Middleware(SecureCookies),
             Middleware(
                 SessionMiddleware,
                 secret_key=secrets.token_urlsafe(32),  # per process: a restart logs everyone out
                 session_cookie=SESSION_COOKIE,
                 max_age=SESSION_HOURS * 3600,
                 same_site="strict",
-                https_only=https,
             ),
             Middleware(Guard),
         ],
@@ -105,4 +122,5 @@ def create_app(
     )
     app.state.console = Console(commands, settings, templates())
     app.state.tokens = tokens or Tokens.of_settings(settings)
+    app.state.throttle = throttle or Throttle()
     return app

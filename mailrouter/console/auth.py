@@ -4,8 +4,11 @@
   line) and kept only as its SHA-256 in ``console_token_file`` (mode 0600). A made token has
   256 random bits, so a plain SHA-256 is as good as a slow hash: slow hashes are for guessable
   secrets, and nobody can search a 2**256 space whatever the hash costs.
-- The session: a signed cookie (Starlette's ``SessionMiddleware``), HttpOnly, SameSite=Strict;
-  a login replaces it whole, so a session planted before the login is worth nothing after.
+- The session: a signed cookie (Starlette's ``SessionMiddleware``), HttpOnly, SameSite=Strict,
+  and Secure whenever the request came over https (``SecureCookies``: TLS served by the console,
+  or a TLS proxy on loopback saying so in ``X-Forwarded-Proto``); a login replaces it whole, so
+  a session planted before the login is worth nothing after. Failed logins are throttled
+  (``throttle``).
 - CSRF: a token per session, in every form (a hidden field) and in htmx's requests (a header),
   checked with the ``Origin`` (else ``Referer``) against the console's own origin; a request
   that changes anything and fails either check gets ``403``.
@@ -171,6 +174,34 @@ def protected(endpoint: Endpoint) -> Endpoint:
             await form.close()  # the uploaded files' temporary files
 
     return check
+
+
+class SecureCookies:
+    """ASGI middleware outside the session's: every cookie set in answer to an https request is
+    marked Secure, so a browser never sends it back over plain HTTP."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("scheme") != "https":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_secure(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    (name, _secure(value) if name.lower() == b"set-cookie" else value)
+                    for name, value in message.get("headers", [])
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_secure)
+
+
+def _secure(cookie: bytes) -> bytes:
+    flags = {flag.strip().lower() for flag in cookie.split(b";")[1:]}
+    return cookie if b"secure" in flags else cookie + b"; secure"
 
 
 class Guard:

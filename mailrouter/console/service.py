@@ -2,7 +2,8 @@
 runtime loads by name) or alone beside it (``mailrouter console``, over the control socket).
 
 The socket is bound here, before uvicorn starts, so a taken port is one clear error; uvicorn
-then serves in the loop it is given, and leaves the process's signals to their owner.
+then serves in the loop it is given (over TLS with ``console_tls_cert``), and leaves the
+process's signals to their owner.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Iterator, Mapping
 
 import uvicorn
@@ -19,6 +21,7 @@ from mailrouter.config import Settings
 from mailrouter.console.app import create_app
 from mailrouter.console.auth import check_listen
 from mailrouter.console.client import Commands, LocalCommands
+from mailrouter.console.throttle import Throttle
 from mailrouter.errors import MailRouterError
 from mailrouter.runtime.control import Command
 
@@ -39,10 +42,12 @@ class _Embedded(uvicorn.Server):
 class ConsoleServer:
     """The console's HTTP server on ``console_host:console_port``, in the running loop."""
 
-    def __init__(self, settings: Settings, commands: Commands) -> None:
+    def __init__(
+        self, settings: Settings, commands: Commands, *, throttle: Throttle | None = None
+    ) -> None:
         check_listen(settings)
         self.settings = settings
-        self.app = create_app(commands, settings)
+        self.app = create_app(commands, settings, throttle=throttle)
         self._socket: socket.socket | None = None
         self._server: _Embedded | None = None
         self._task: asyncio.Task[None] | None = None
@@ -52,11 +57,25 @@ class ConsoleServer:
         """Where the console is served (with the bound port)."""
         assert self._socket is not None, "the console is not started"
         host, port = self._socket.getsockname()[:2]
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+        scheme = "https" if self.settings.console_tls_cert else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/"
 
     async def start(self) -> None:
         """Bind, then serve until ``stop``."""
+        config = self._config()
         self._socket = _bind(self.settings.console_host, self.settings.console_port)
+        self._server = _Embedded(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        while not self._server.started:
+            if self._task.done():
+                await self._task  # its error
+                raise MailRouterError("the console stopped as it started")
+            await asyncio.sleep(0.01)
+        log.info("console on %s", self.url)
+
+    def _config(self) -> uvicorn.Config:
+        """uvicorn's configuration, loaded: a certificate that does not load is a clear error."""
+        cert = self.settings.console_tls_cert
         config = uvicorn.Config(
             self.app,
             log_config=None,
@@ -66,15 +85,17 @@ class ConsoleServer:
             server_header=False,
             limit_concurrency=MAX_REQUESTS_AT_ONCE,
             timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
+            ssl_certfile=self.settings.path(cert) if cert else None,
+            ssl_keyfile=self.settings.path(self.settings.console_tls_key or cert) if cert else None,
         )
-        self._server = _Embedded(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
-        while not self._server.started:
-            if self._task.done():
-                await self._task  # its error
-                raise MailRouterError("the console stopped as it started")
-            await asyncio.sleep(0.01)
-        log.info("console on %s", self.url)
+        try:
+            config.load()
+        except (OSError, ssl.SSLError) as exc:
+            raise MailRouterError(
+                f"cannot load the console's certificate {cert!r} (settings 'console_tls_cert',"
+                f" 'console_tls_key'): {exc}"
+            ) from exc
+        return config
 
     async def stop(self) -> None:
         """Stop accepting, let open requests finish (briefly), close."""

@@ -61,6 +61,7 @@ class JournalLedger:
         )
         attempt = await run_blocking(executor, journal.begin, arrival)
         message.attempt = attempt.number
+        message._delivery_id = attempt.delivery_id  # hashed once: handlers and observers reuse it
         return cls(journal, message, arrival, attempt.number, attempt.done, executor)
 
     @classmethod

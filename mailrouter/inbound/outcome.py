@@ -34,6 +34,7 @@ class DeliveryRecord:
     code: int  # the first refusal's code (over LMTP, of any recipient), else 250
     duration: float  # seconds from the end of DATA to the reply
     data: bytes = field(default=b"", repr=False)  # the bytes received (kept by the console)
+    delivery_id: str = ""  # the journal's id of it ("" when the journal has no entry of it)
 
     @classmethod
     def of(
@@ -59,6 +60,7 @@ class DeliveryRecord:
             code,
             duration,
             request.data,
+            request._delivery_id or "",  # only if the journal computed it: never hashed here
         )
 
     @property

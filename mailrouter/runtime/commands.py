@@ -50,6 +50,7 @@ class Running(Protocol):
     settings: Settings
     router: Router
     handler: Receiver
+    copies: MessageCopies | None
 
     @property
     def address(self) -> str: ...
@@ -236,10 +237,9 @@ def server_commands(
     workers' supervisor, when this process is one of its workers)."""
     started = time.time()
     settings = server.settings
-    copies = MessageCopies.of_settings(settings)
     messages = Messages(
         server.journal,
-        copies,
+        server.copies,
         server.router.undeliverable or Queue(settings.path(settings.undeliverable)),
     )
 
@@ -276,8 +276,8 @@ def server_commands(
             raise MailRouterError("deliver: 'data' must be the message in base64") from None
         sender = args.get("sender", "")
         received = await receive(server.handler, data, sender, args["recipients"])
-        if server.journal is not None and copies is not None:  # its page shows it at once
-            await asyncio.to_thread(copies.keep, [(sender, data)])
+        if server.copies is not None:  # its page, shown next, has its bytes
+            await server.copies.written()
         return received
 
     return {

@@ -2,7 +2,8 @@
 
 The journal keeps each message's envelope, headers and outcomes, not its bytes. While the
 console is on (``console_port``), the server registers ``MessageCopies.observe`` with the
-receiver: it only puts the bytes on a list. After the event loop's pass (the replies of that
+receiver (``Server.keep_copies``; every worker, into the one file): it only puts the bytes on a
+list, under the delivery id the journal computed. After the event loop's pass (the replies of that
 pass written, so never on the way to a 250), one thread of its own writes the batch into one
 SQLite file, ``console_messages`` (a row per delivery id), in one transaction: one thread hop
 and one commit per batch, not per message, and no file created per message, whose metadata
@@ -22,12 +23,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mailrouter.config import Settings
 from mailrouter.inbound.outcome import DeliveryRecord
-from mailrouter.message import delivery_id
 from mailrouter.state.sqlite import switch_to_wal
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ class MessageCopies:
         self._writer: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._purged = 0.0
-        self._pending: list[tuple[str, bytes]] = []
+        self._pending: list[tuple[str, bytes]] = []  # (delivery id, bytes)
+        self._written: Future[None] | None = None  # the writer's task of the last batch
 
     @classmethod
     def of_settings(cls, settings: Settings) -> MessageCopies | None:
@@ -78,25 +79,33 @@ class MessageCopies:
                 db.close()
 
     def observe(self, record: DeliveryRecord) -> None:
-        """Keep ``record``'s bytes, once the reply is on its way (see the module doc)."""
-        if self._loop is None or not record.data:
+        """Keep ``record``'s bytes, once the reply is on its way (see the module doc); not
+        those of a message the journal has no entry of (refused before it: no page shows it)."""
+        if self._loop is None or not record.data or not record.delivery_id:
             return
-        self._pending.append((record.sender, record.data))
+        self._pending.append((record.delivery_id, record.data))
         if len(self._pending) == 1:  # after this loop pass: once the replies are written
             self._loop.call_soon(self._flush)
+
+    async def written(self) -> None:
+        """Once the copies observed so far are written (the console's compose shows its
+        message's page next)."""
+        self._flush()
+        if self._written is not None:
+            await asyncio.wrap_future(self._written)
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         if self._writer is not None and batch:
-            self._writer.submit(self._write, batch)
+            self._written = self._writer.submit(self._write, batch)
 
     def _write(self, batch: list[tuple[str, bytes]]) -> None:
         self.keep(batch)
         self._purge_due()
 
     def keep(self, batch: list[tuple[str, bytes]]) -> None:
-        """Write each (sender, bytes) copy, the batch in one transaction. Blocks."""
-        rows = [(delivery_id(sender, data), time.time(), data) for sender, data in batch]
+        """Write each (delivery id, bytes) copy, the batch in one transaction. Blocks."""
+        rows = [(ident, time.time(), data) for ident, data in batch]
         try:
             with self._database() as db:
                 db.executemany(

@@ -26,7 +26,7 @@ from mailrouter.runtime.control import ControlServer
 from mailrouter.runtime.daemon import drop_privileges
 from mailrouter.runtime.server import HANDLER_THREADS, IO_THREADS, Server, build_router
 from mailrouter.runtime.watchdog import LoopWatchdog
-from mailrouter.runtime.web import HostedConsole
+from mailrouter.runtime.web import Console, load_console
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +38,20 @@ async def serve(
     *,
     on_ready: Callable[[str], None] | None = None,
     supervisor: int | None = None,
+    console: bool = True,
 ) -> None:
     """Run a server for ``settings`` until SIGTERM, SIGINT or the control socket's ``stop``;
     SIGHUP or its ``reload`` reloads the handlers. ``supervisor`` is the pid of the process
     that forked this one as a worker: stop and reload then go through it, to every worker.
+    With ``console_port``, every process keeps copies of its messages, and serves the console
+    only with ``console`` (the first worker).
 
     The relay and the template folder handlers use are this context's, set before the socket
     opens: every session's task, and every handler thread, runs in a copy of it.
     """
     relay = outgoing.from_settings(settings)
     with outgoing.using(relay), views.using(settings.path(settings.templates)):
-        await _serve(settings, relay, on_ready, supervisor)
+        await _serve(settings, relay, on_ready, supervisor, console)
     log.info("mailrouter stopped")
 
 
@@ -57,6 +60,7 @@ async def _serve(
     relay: outgoing.Relay,
     on_ready: Callable[[str], None] | None,
     supervisor: int | None,
+    serves_console: bool,
 ) -> None:
     loop = asyncio.get_running_loop()
     router = build_router(settings)
@@ -65,7 +69,7 @@ async def _serve(
     retries: asyncio.Task[None] | None = None
     reloads: set[asyncio.Task[int | None]] = set()
     control: ControlServer | None = None
-    console: HostedConsole | None = None
+    console: Console | None = None
     watchdog = LoopWatchdog(router, settings.loop_block_warning)
 
     def on_sighup() -> None:
@@ -99,7 +103,9 @@ async def _serve(
             control = ControlServer(settings.path(settings.control_socket), commands)
             await control.start()
         if settings.console_port:
-            console = await HostedConsole.start(settings, server.handler, commands)
+            server.keep_copies()
+            if serves_console:
+                console = await load_console()(settings, commands)
         drop_privileges(settings)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
@@ -125,6 +131,7 @@ async def _serve(
             await control.stop()
         if console is not None:
             await console.stop()
+        await server.stop(timeout=0)  # if something failed before the drain: close the rest
         if retries is not None:
             await retries
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -177,10 +184,11 @@ def run_in_process(
     settings: Settings,
     on_ready: Callable[[str], None] | None = None,
     supervisor: int | None = None,
+    console: bool = True,
 ) -> None:
     """``serve`` on the configured event loop: uvloop's when it is installed, unless disabled."""
     with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings, on_ready=on_ready, supervisor=supervisor))
+        runner.run(serve(settings, on_ready=on_ready, supervisor=supervisor, console=console))
 
 
 def leave_hung_handlers(status: int = 0) -> None:

@@ -2,7 +2,8 @@
 
 ``build_router`` makes the router of the settings; ``Server`` starts the journal, the spool and
 the listening socket (TCP or Unix, with the metrics endpoint), and stops in reverse, letting
-deliveries finish within ``drain_timeout``. What runs it until a signal is ``serve.py``.
+deliveries finish within ``drain_timeout``; it holds the console's copies of messages too
+(``runtime.copies``), closed last. What runs it until a signal is ``serve.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mailrouter.journal import Journal, open_journal
 from mailrouter.queue import Queue
 from mailrouter.routing.executor import run_blocking
 from mailrouter.routing.router import Router
+from mailrouter.runtime.copies import MessageCopies
 from mailrouter.state import open_store
 
 if TYPE_CHECKING:
@@ -105,6 +107,7 @@ class Server:
         self.hostname = self.handler.hostname
         self.tls_context = _tls_context(settings)
         self.metrics: Metrics | None = None
+        self.copies = MessageCopies.of_settings(settings)  # read by the control socket's commands
         log_line = delivery_log(settings.log_format)
         if log_line is not None:
             self.handler.observers.append(log_line)
@@ -197,6 +200,13 @@ class Server:
                 await self.stop(timeout=0)
                 raise
 
+    def keep_copies(self) -> None:
+        """Keep each message's bytes from now on, for the console (``runtime.copies``; not
+        without a journal, whose entries the copies belong to). Once, after ``start``."""
+        if self.copies is not None and self.journal is not None:
+            self.copies.start()
+            self.handler.observers.append(self.copies.observe)
+
     def serve_metrics(self, port: int) -> Metrics:
         """Serve Prometheus metrics on ``metrics_host:port`` (0: a free port) until ``stop``."""
         try:
@@ -255,6 +265,8 @@ class Server:
             await spooling
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
+        if self.copies is not None:
+            await asyncio.to_thread(self.copies.stop)
         await self._close_journal()
 
     async def _purge(self, journal: Journal) -> None:

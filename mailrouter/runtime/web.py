@@ -1,5 +1,5 @@
-"""The web console in the server process: the copies of received messages, and the console's
-HTTP server on ``console_host:console_port``, in the server's own loop.
+"""The web console in the server process: its HTTP server on ``console_host:console_port``, in
+the server's own loop (the copies of the messages it shows are the server's: ``Server.copies``).
 
 The console (``mailrouter.console``, the ``mailrouter[console]`` extra) sits above the runtime
 in the package's layers: the runtime never imports it, it loads it by its import string when
@@ -9,16 +9,13 @@ server's command table directly, the one the control socket serves.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from collections.abc import Mapping
 from typing import Protocol, cast
 
 from mailrouter.config import Settings
 from mailrouter.errors import MailRouterError
-from mailrouter.inbound.handler import Receiver
 from mailrouter.runtime.control import Command
-from mailrouter.runtime.copies import MessageCopies
 
 CONSOLE = "mailrouter.console.service:serve_console"
 _EXTRA = {"starlette", "jinja2", "uvicorn", "multipart", "python_multipart", "itsdangerous"}
@@ -50,31 +47,3 @@ def load_console() -> Serve:
         raise MailRouterError(
             "the console needs mailrouter[console]: pip install 'mailrouter[console]'"
         ) from exc
-
-
-class HostedConsole:
-    """The console of a running server: kept copies of its mail, and the console itself."""
-
-    def __init__(self, copies: MessageCopies | None, console: Console) -> None:
-        self.copies = copies
-        self.console = console
-
-    @classmethod
-    async def start(
-        cls, settings: Settings, receiver: Receiver, commands: Mapping[str, Command]
-    ) -> HostedConsole:
-        """Serve the console, and keep each message's bytes from now on (``runtime.copies``;
-        not without a journal, whose entries the copies belong to)."""
-        serve = load_console()
-        console = await serve(settings, commands)
-        copies = MessageCopies.of_settings(settings)
-        if copies is not None and settings.journal_url.strip():
-            copies.start()
-            receiver.observers.append(copies.observe)
-        return cls(copies, console)
-
-    async def stop(self) -> None:
-        """Stop serving the console, then let the copies being written finish."""
-        await self.console.stop()
-        if self.copies is not None:
-            await asyncio.to_thread(self.copies.stop)

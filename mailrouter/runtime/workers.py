@@ -3,7 +3,8 @@
 A supervisor reserves the port, forks ``workers`` processes that each listen on it with
 SO_REUSEPORT (the kernel spreads connections between them) and run their own event loop,
 restarts a worker that dies, forwards SIGHUP, and on SIGTERM lets every worker drain. The
-first worker serves the control socket; its ``stop`` and ``reload`` come back here as signals.
+first worker serves the control socket and the console; its ``stop`` and ``reload`` come back
+here as signals.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from mailrouter.config import Settings
 from mailrouter.errors import MailRouterError
 from mailrouter.runtime.serve import run_in_process
+from mailrouter.runtime.web import load_console
 from mailrouter.state import open_store
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,7 @@ def check_workers(settings: Settings) -> None:
             "metrics_port needs workers = 1: each worker process would count only its share"
         )
     if settings.console_port:
-        raise MailRouterError(
-            "console_port needs workers = 1: run `mailrouter console` beside the workers instead"
-        )
+        load_console()  # the missing extra's error here, not a worker's failure in the log
     store = open_store(settings.state_store_url(), readonly=True)
     try:
         shared = bool(getattr(store, "cross_process", False))
@@ -103,13 +103,14 @@ def _spawn(settings: Settings, number: int, ready_write: int) -> int:
             os.write(ready_write, b"r")
 
         # each worker recovers its own spool at start: a shared one would steal live claims;
-        # the first one serves the control socket for them all
+        # the first one serves the control socket and the console for them all (every one
+        # keeps its copies of messages for the console, in the one file)
         own = dataclasses.replace(
             settings,
             spool=f"{settings.spool}/worker-{number}",
             control_socket=settings.control_socket if number == 0 else "",
         )
-        run_in_process(own, ready, supervisor)
+        run_in_process(own, ready, supervisor, console=number == 0)
         status = 0
     except BaseException:
         log.exception("worker %d failed", number)

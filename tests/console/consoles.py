@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import re
 import smtplib
+import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,8 +20,9 @@ from helpers import running
 
 from mailrouter.outbound import sender as outgoing
 from mailrouter.runtime.commands import Operations, server_commands
+from mailrouter.runtime.control import Command
 from mailrouter.runtime.server import Server
-from mailrouter.runtime.web import HostedConsole
+from mailrouter.runtime.web import load_console
 
 TOKEN = "a-long-random-console-token-for-the-tests"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -75,18 +77,19 @@ async def console(tmp_path: Path, *handlers: str, **overrides: Any) -> AsyncIter
     settings: dict[str, Any] = {"console_token": TOKEN, **overrides}
     async with running(tmp_path, *handlers, **settings) as server:
         relay = outgoing.from_settings(server.settings)
-        commands = server_commands(
-            server,
-            Operations(server.settings, server.router, relay),
-            stop=lambda: None,
-            reload=_no_reload,
-        )
         with outgoing.using(relay):
-            hosted = await HostedConsole.start(server.settings, server.handler, commands)
+            server.keep_copies()
+            served = await load_console()(server.settings, commands_of(server, relay))
             try:
-                yield Live(server, hosted.console.url.rstrip("/"))
+                yield Live(server, served.url.rstrip("/"))
             finally:
-                await hosted.stop()
+                await served.stop()
+
+
+def commands_of(server: Server, relay: outgoing.Relay | None = None) -> dict[str, Command]:
+    """The command table of ``server`` (and ``relay``), as ``mailrouter start`` builds it."""
+    operations = Operations(server.settings, server.router, relay)
+    return server_commands(server, operations, stop=lambda: None, reload=_no_reload)
 
 
 async def _no_reload() -> int:
@@ -152,3 +155,21 @@ def forget_copy(path: Path, ident: str) -> None:
     """Drop the kept copy of message ``ident``, as if the console had been off when it came."""
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         assert db.execute("DELETE FROM copies WHERE id = ?", (ident,)).rowcount == 1
+
+
+def free_port() -> int:
+    """A TCP port free now on 127.0.0.1, for a console whose port goes in a config file."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def log_in_sync(client: httpx.Client, url: str) -> str:
+    """Log ``client`` in to the console at ``url``; the logged-in session's CSRF token."""
+    first = _CSRF.search(client.get("/login").text)
+    assert first is not None
+    data = {"csrf": first.group(1), "token": TOKEN, "next": "/messages"}
+    assert client.post("/login", data=data, headers={"origin": url}).status_code == 303
+    after = _CSRF.search(client.get("/messages").text)
+    assert after is not None
+    return after.group(1)

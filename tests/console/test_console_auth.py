@@ -4,12 +4,15 @@ session, CSRF with the Origin, the secure headers, and the refusals at start."""
 from __future__ import annotations
 
 import logging
+import ssl
 import stat
 from pathlib import Path
 
 import httpx
 import pytest
-from consoles import APP, TOKEN, browser, console
+import trustme
+from consoles import APP, TOKEN, Browser, browser, commands_of, console
+from helpers import running
 
 __all__ = ["APP"]  # the conftest's ``app`` fixture loads it
 
@@ -17,6 +20,8 @@ from mailrouter.config import ConfigError, Settings
 from mailrouter.console.auth import CSP, Tokens, is_loopback
 from mailrouter.console.client import LocalCommands
 from mailrouter.console.service import ConsoleServer
+from mailrouter.console.throttle import Throttle
+from mailrouter.errors import MailRouterError
 
 STATE_CHANGES = [
     ("/compose", {"to": "ok@example.com", "sender": "joe@example.org", "subject": "x"}),
@@ -146,3 +151,85 @@ async def test_the_sessions_cookie_alone_is_not_enough_from_another_site(
                 headers={"origin": live.url},
             )
         assert response.status_code == 403
+
+
+async def test_failed_logins_are_throttled_per_client_address(tmp_path: Path, app: str) -> None:
+    now = [1000.0]
+    throttle = Throttle(limit=5, window=300, clock=lambda: now[0])
+    async with running(tmp_path, app, console_token=TOKEN) as server:
+        served = ConsoleServer(
+            server.settings, LocalCommands(commands_of(server)), throttle=throttle
+        )
+        await served.start()
+        url = served.url.rstrip("/")
+        try:
+            async with browser(url, logged_in=False) as guesser:
+                for _ in range(5):
+                    assert (await guesser.log_in("a-guess")).status_code == 401
+                refused = await guesser.log_in()  # even the right token, now
+                assert refused.status_code == 429 and refused.headers["retry-after"] == "300"
+                assert "too many failed logins" in refused.text
+                now[0] += 100
+                assert (await guesser.log_in()).headers["retry-after"] == "200"
+
+                other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+                async with httpx.AsyncClient(base_url=url, transport=other) as client:
+                    neighbour = Browser(client, url)
+                    assert (await neighbour.log_in()).status_code == 303  # its own count
+
+                now[0] += 200  # the window since the first failure has passed
+                assert (await guesser.log_in()).status_code == 303
+                for _ in range(4):
+                    assert (await guesser.log_in("a-guess")).status_code == 401
+                assert (await guesser.log_in()).status_code == 303  # a success resets the count
+                for _ in range(5):
+                    assert (await guesser.log_in("a-guess")).status_code == 401
+                assert (await guesser.log_in()).status_code == 429
+        finally:
+            await served.stop()
+
+
+def test_an_ipv6_client_is_throttled_by_its_64() -> None:
+    throttle = Throttle(limit=1, window=60, clock=lambda: 0.0)
+    throttle.failed("2001:db8:1:2::10")
+    assert throttle.wait("2001:db8:1:2:ffff::1") == 60
+    assert throttle.wait("2001:db8:1:3::10") == 0
+    throttle.failed("::ffff:192.0.2.1")
+    assert throttle.wait("192.0.2.1") == 60
+
+
+async def test_the_session_cookie_is_secure_when_the_request_is_https(
+    tmp_path: Path, app: str
+) -> None:
+    async with console(tmp_path, app) as live, browser(live.url, logged_in=False) as visitor:
+        https = live.url.replace("http://", "https://")
+        proxied = {"x-forwarded-proto": "https", "origin": https}  # a TLS proxy on loopback
+        form = await visitor.get("/login", headers=proxied)
+        assert "; secure" in form.headers["set-cookie"].lower()
+        session = form.headers["set-cookie"].split(";")[0]  # httpx keeps Secure ones for https
+        response = await visitor.post(
+            "/login", {"token": TOKEN}, headers={**proxied, "cookie": session}
+        )
+        assert response.status_code == 303, response.text
+        assert "; secure" in response.headers["set-cookie"].lower()
+
+
+async def test_the_console_over_tls_sets_a_secure_cookie(tmp_path: Path, app: str) -> None:
+    ca = trustme.CA()
+    pem = tmp_path / "console.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    async with console(tmp_path, app, console_tls_cert=str(pem)) as live:
+        assert live.url.startswith("https://127.0.0.1:")
+        trusted = ssl.create_default_context()
+        ca.configure_trust(trusted)
+        async with httpx.AsyncClient(base_url=live.url, verify=trusted) as client:
+            visitor = Browser(client, live.url)
+            response = await visitor.log_in()
+            assert response.status_code == 303
+            assert "; secure" in response.headers["set-cookie"].lower()
+            assert (await visitor.get("/messages")).status_code == 200
+
+    broken = Settings(config_dir=str(tmp_path / "config"), console_tls_cert="missing.pem")
+    with pytest.raises(MailRouterError) as refused:
+        await ConsoleServer(broken, LocalCommands({})).start()
+    assert "console_tls_cert" in str(refused.value) and "missing.pem" in str(refused.value)

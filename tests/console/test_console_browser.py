@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import smtplib
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from consoles import APP, TOKEN, message
+from consoles import APP, TOKEN, free_port, message
 from helpers import Project
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,12 +43,6 @@ if not CHROMIUM.exists():
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def chromium() -> Iterator[Browser]:
     with sync_playwright() as playwright:
@@ -76,7 +69,7 @@ def _send(port: int, recipients: list[str], data: bytes) -> None:
 
 
 def test_the_console_in_a_browser(make_project: Callable[..., Project], chromium: Browser) -> None:
-    console_port = _free_port()
+    console_port = free_port()
     project = make_project(config=CONFIG.format(console=console_port, token=TOKEN), app=APP)
     port, _ = project.start()
     url = f"http://127.0.0.1:{console_port}"

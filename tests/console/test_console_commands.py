@@ -7,34 +7,26 @@ import asyncio
 import base64
 import contextlib
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from consoles import APP, forget_copy, message
+from consoles import APP, commands_of, forget_copy, message
 from helpers import Sink, running, sink_server, until
 
 from mailrouter import MailResponse
+from mailrouter.inbound.outcome import DeliveryRecord
 from mailrouter.message import delivery_id
 from mailrouter.outbound import sender as outgoing
 from mailrouter.runtime import control
-from mailrouter.runtime.commands import Operations, server_commands
-from mailrouter.runtime.control import Command, ControlError, ControlServer
-from mailrouter.runtime.copies import MessageCopies
-from mailrouter.runtime.server import Server
+from mailrouter.runtime.control import ControlError, ControlServer
+from mailrouter.runtime.copies import THREAD, MessageCopies
 
 __all__ = ["APP"]  # the conftest's ``app`` fixture loads it
 
 SENDER = "joe@example.org"
-
-
-def _table(server: Server, relay: outgoing.Relay | None = None) -> dict[str, Command]:
-    async def reload() -> int:
-        return 0
-
-    operations = Operations(server.settings, server.router, relay)
-    return server_commands(server, operations, stop=lambda: None, reload=reload)
 
 
 def _b64(data: bytes) -> str:
@@ -46,7 +38,7 @@ async def test_deliver_goes_through_the_receiver_over_the_control_socket(
 ) -> None:
     async with running(tmp_path, app) as server:
         socket_path = tmp_path / "run" / "control.sock"
-        listener = ControlServer(socket_path, _table(server))
+        listener = ControlServer(socket_path, commands_of(server))
         await listener.start()
 
         def ask(name: str, **args: Any) -> Any:
@@ -77,7 +69,8 @@ async def test_deliver_goes_through_the_receiver_over_the_control_socket(
 
 async def test_messages_activity_and_raw_bytes(tmp_path: Path, app: str) -> None:
     async with running(tmp_path, app) as server:
-        table = _table(server)
+        server.keep_copies()  # as a server with its console does
+        table = commands_of(server)
         for subject, rcpt in (("kept", "ok@example.com"), ("queued", "nobody@example.com")):
             data = message(subject)
             await table["deliver"]({"data": _b64(data), "sender": SENDER, "recipients": [rcpt]})
@@ -110,7 +103,7 @@ async def test_queue_entries_one_at_a_time(tmp_path: Path, app: str) -> None:
         running(tmp_path, app, relay_host="127.0.0.1", relay_port=sink_port) as server,
     ):
         relay = outgoing.from_settings(server.settings)
-        table = _table(server, relay)
+        table = commands_of(server, relay)
         mail = MailResponse(to="bob@example.net", sender="list@example.com", subject="out")
         for _ in range(2):
             await relay.send_async(mail)
@@ -143,7 +136,7 @@ async def test_queue_entries_one_at_a_time(tmp_path: Path, app: str) -> None:
 
 async def test_routes_and_the_tester(tmp_path: Path, app: str) -> None:
     async with running(tmp_path, app) as server:
-        table = _table(server)
+        table = commands_of(server)
         routes = await table["routes"]({})
         assert routes["machines"] == {app: ["ERROR", "START", "TAKEN"]}
         patterns = [route["pattern"] for route in routes["routes"]]
@@ -170,11 +163,46 @@ async def test_routes_and_the_tester(tmp_path: Path, app: str) -> None:
 
 def test_kept_copies_are_purged_with_the_journals_retention(tmp_path: Path) -> None:
     copies = MessageCopies(tmp_path / "messages.db", retention_days=30)
-    copies.keep([("old@example.org", b"old"), ("new@example.org", b"new")])
     old, new = delivery_id("old@example.org", b"old"), delivery_id("new@example.org", b"new")
+    copies.keep([(old, b"old"), (new, b"new")])
     with contextlib.closing(sqlite3.connect(copies.path)) as db, db:
         db.execute("UPDATE copies SET kept_at = ? WHERE id = ?", (time.time() - 31 * 86400, old))
     assert copies.purge(time.time() - copies.retention) == 1
     assert copies.read(old) is None and copies.read(new) == b"new"
     assert copies.read("../" + "b" * 29) is None  # only delivery ids name a copy
     copies.stop()
+
+
+async def test_the_server_keeps_copies_in_one_store_under_the_journals_id(
+    tmp_path: Path, app: str
+) -> None:
+    records: list[DeliveryRecord] = []
+    kept = tmp_path / "run" / "messages.db"
+    async with running(tmp_path, app) as server:
+        server.handler.observers.append(records.append)
+        server.keep_copies()
+        table = commands_of(server)
+        data = message("kept once")
+        done = await table["deliver"](
+            {"data": _b64(data), "sender": SENDER, "recipients": ["ok@example.com"]}
+        )
+        assert records[-1].delivery_id == done["id"] == delivery_id(SENDER, data)
+        raw = await table["messages.raw"]({"id": done["id"]})  # written before deliver answered
+        assert base64.b64decode(raw["data"]) == data
+        assert any(t.name.startswith(THREAD) for t in threading.enumerate())
+    assert not any(t.name.startswith(THREAD) for t in threading.enumerate())
+    assert kept.exists() and not kept.with_name("messages.db-wal").exists()  # closed at stop
+
+
+async def test_without_a_journal_no_id_is_computed_and_no_copy_kept(
+    tmp_path: Path, app: str
+) -> None:
+    records: list[DeliveryRecord] = []
+    async with running(tmp_path, app, journal_url="") as server:
+        server.handler.observers.append(records.append)
+        server.keep_copies()
+        await commands_of(server)["deliver"](
+            {"data": _b64(message()), "sender": SENDER, "recipients": ["ok@example.com"]}
+        )
+        assert records[-1].delivery_id == ""
+    assert not (tmp_path / "run" / "messages.db").exists()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
-from consoles import APP, TOKEN, message
+from consoles import APP, TOKEN, log_in_sync, message
 from helpers import Project, environment, wait_for
 
 from mailrouter.message import delivery_id
@@ -52,17 +52,6 @@ def standalone(project: Project) -> Iterator[str]:
             reader.join(30)
 
 
-def _log_in(client: httpx.Client, url: str) -> str:
-    csrf = re.compile(r'name="csrf" value="([^"]+)"')
-    first = csrf.search(client.get("/login").text)
-    assert first is not None
-    data = {"csrf": first.group(1), "token": TOKEN, "next": "/messages"}
-    assert client.post("/login", data=data, headers={"origin": url}).status_code == 303
-    after = csrf.search(client.get("/messages").text)
-    assert after is not None
-    return after.group(1)
-
-
 def test_the_standalone_console_works_through_the_control_socket(
     make_project: Callable[..., Project],
 ) -> None:
@@ -72,7 +61,7 @@ def test_the_standalone_console_works_through_the_control_socket(
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.sendmail("joe@example.org", ["ok@example.com"], data)
     with standalone(project) as url, httpx.Client(base_url=url, timeout=30) as browser:
-        csrf = _log_in(browser, url)
+        csrf = log_in_sync(browser, url)
         assert "to the standalone console" in browser.get("/messages/rows").text
         page = browser.get(f"/messages/{delivery_id('joe@example.org', data)}")
         assert "handlers.app.RECORD" in page.text
