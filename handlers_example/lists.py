@@ -1,9 +1,11 @@
 """List membership: one JSON file per list, replaced atomically, edited under a per-list lock.
 
-A list file holds the confirmed ``members``, the ``pending`` subscriptions (address ->
-confirmation token) and the members' hard ``bounces`` (address -> count). Addresses are the
-normalised envelope senders. Handlers run in executor threads, so every read-modify-write of a
-list holds that list's lock.
+A list file holds the confirmed ``members`` and the members' hard ``bounces`` (address ->
+count). Subscriptions waiting for their confirmation are ``mailrouter.confirm``'s, in a SQLite
+store beside the list files (``confirmations.db``): one-use secrets that expire after
+``CONFIRM_TTL`` seconds and are good only from the address they were sent to. Addresses are
+the normalised envelope senders. Handlers run in executor threads, so every read-modify-write
+of a list holds that list's lock.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mailrouter.confirm import DEFAULT_TTL, Confirmations
+from mailrouter.state import open_store
+
 from .maildir import write_durably
 
 #: Where list files live (env ``MAILROUTER_LISTS_DIR``); relative to the working directory.
@@ -27,6 +31,8 @@ LISTS_DIR = Path(os.environ.get("MAILROUTER_LISTS_DIR", "run/lists"))
 #: A list name: the local part of its address, without ``-`` (that separates the commands).
 #: ASCII only, even though routes match case-insensitively (``[a-z]`` then matches a dotless i).
 NAME = r"(?a:[a-z0-9][a-z0-9._]{0,63})"
+#: Seconds a subscription request waits for its confirmation.
+CONFIRM_TTL = DEFAULT_TTL
 
 _NAME = re.compile(NAME)
 _guard = threading.Lock()
@@ -40,7 +46,6 @@ class Roster:
     """The content of one list file."""
 
     members: set[str] = field(default_factory=set)
-    pending: dict[str, str] = field(default_factory=dict)
     bounces: dict[str, int] = field(default_factory=dict)
 
 
@@ -57,40 +62,38 @@ def read(name: str) -> Roster:
         raw = json.loads(path(name).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return Roster()
-    return Roster(
-        set(raw.get("members", [])), dict(raw.get("pending", {})), dict(raw.get("bounces", {}))
-    )
+    return Roster(set(raw.get("members", [])), dict(raw.get("bounces", {})))
 
 
 def status(name: str, address: str) -> Status | None:
     """Whether ``address`` is a member of list ``name``, waiting to confirm, or neither."""
-    roster = read(name)
-    if address in roster.members:
+    if address in read(name).members:
         return "member"
-    return "pending" if address in roster.pending else None
+    with _confirmations() as confirmations:
+        return "pending" if confirmations.pending(name, address) else None
 
 
 def request(name: str, address: str) -> str:
     """Record a subscription request; the confirmation token (the pending one, if any)."""
-    with _editing(name) as roster:
-        return roster.pending.setdefault(address, secrets.token_hex(16))
+    with _confirmations() as confirmations:
+        return confirmations.create(name, address).secret
 
 
 def confirm(name: str, address: str, token: str) -> bool:
-    """Make ``address`` a member if ``token`` is its pending token; whether it was."""
-    with _editing(name) as roster:
-        expected = roster.pending.get(address)
-        if expected is None or not secrets.compare_digest(expected.encode(), token.encode()):
+    """Make ``address`` a member if ``token`` is its pending token (once, before it expired);
+    whether it was."""
+    with _editing(name) as roster, _confirmations() as confirmations:
+        if confirmations.verify(name, address, token) is None:
             return False
-        del roster.pending[address]
         roster.members.add(address)
         return True
 
 
 def remove(name: str, address: str) -> bool:
     """Remove ``address`` (member or pending) from list ``name``; whether it was there."""
-    with _editing(name) as roster:
-        return _drop(roster, address)
+    with _editing(name) as roster, _confirmations() as confirmations:
+        pending = confirmations.cancel(name, address) is not None
+        return _drop(roster, address) or pending
 
 
 def bounced(name: str, address: str, limit: int) -> int:
@@ -106,13 +109,22 @@ def bounced(name: str, address: str, limit: int) -> int:
 
 
 def _drop(roster: Roster, address: str) -> bool:
-    """Take ``address`` off ``roster``, its bounce count too; whether it was a member or
-    pending."""
-    found = address in roster.members or address in roster.pending
+    """Take member ``address`` off ``roster``, its bounce count too; whether it was one."""
+    found = address in roster.members
     roster.members.discard(address)
-    roster.pending.pop(address, None)
     roster.bounces.pop(address, None)
     return found
+
+
+@contextmanager
+def _confirmations() -> Iterator[Confirmations]:
+    """The confirmation engine over the store beside the list files, closed after."""
+    LISTS_DIR.mkdir(parents=True, exist_ok=True)
+    store = open_store(f"sqlite://{LISTS_DIR / 'confirmations.db'}")
+    try:
+        yield Confirmations(store, ttl=CONFIRM_TTL)
+    finally:
+        store.close()
 
 
 @contextmanager
@@ -131,7 +143,7 @@ def _editing(name: str) -> Iterator[Roster]:
 
 def _dump(roster: Roster) -> str:
     return json.dumps(
-        {"members": sorted(roster.members), "pending": roster.pending, "bounces": roster.bounces},
+        {"members": sorted(roster.members), "bounces": roster.bounces},
         indent=1,
         sort_keys=True,
     )

@@ -119,7 +119,7 @@ def verp(member: str) -> str:
 
 
 def token_in(confirmation: EmailMessage) -> str:
-    found = re.fullmatch(r"[a-z0-9.]+-confirm-([0-9a-f]+)@example\.com", confirmation["From"])
+    found = re.fullmatch(r"[a-z0-9.]+-confirm-([a-z0-9]+)@example\.com", confirmation["From"])
     assert found, confirmation["From"]
     return found.group(1)
 
@@ -312,6 +312,36 @@ def test_the_list_file_wins_after_a_lost_state_or_a_crash(talk: Conversation) ->
     talk.assert_in_state(LIST, JOE, "POSTING", to="news@example.com")
 
 
+def test_an_expired_token_is_refused_and_a_new_request_gets_a_new_one(
+    talk: Conversation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from handlers_example import lists
+
+    monkeypatch.setattr(lists, "CONFIRM_TTL", 0.0)  # expired as soon as it is made
+    accepted(talk, JOE, "news-subscribe@example.com")
+    stale = token_in(last(talk.outbox, JOE))
+    reply = say(talk, JOE, f"news-confirm-{stale}@example.com")
+    assert reply.text.startswith("5.7.1 No subscription to news@example.com")
+    monkeypatch.setattr(lists, "CONFIRM_TTL", 3600.0)
+    accepted(talk, JOE, "news-subscribe@example.com")
+    fresh = token_in(last(talk.outbox, JOE))
+    assert fresh != stale
+    accepted(talk, JOE, f"news-confirm-{fresh}@example.com")
+    assert lists.status("news", JOE) == "member"
+
+
+def test_a_used_token_does_not_subscribe_again_after_leaving(talk: Conversation) -> None:
+    from handlers_example import lists
+
+    accepted(talk, JOE, "news-subscribe@example.com")
+    token = token_in(last(talk.outbox, JOE))
+    accepted(talk, JOE, f"news-confirm-{token}@example.com")
+    accepted(talk, JOE, "news-unsubscribe@example.com")
+    reply = say(talk, JOE, f"news-confirm-{token}@example.com")
+    assert reply.text.startswith("5.7.1 No subscription to news@example.com")
+    assert lists.status("news", JOE) is None
+
+
 def test_concurrent_list_edits_lose_nothing(data: Path) -> None:
     from handlers_example import lists
 
@@ -321,8 +351,8 @@ def test_concurrent_list_edits_lose_nothing(data: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(lists.read("news").pending) == sorted(senders)
-    assert [p.name for p in (data / "lists").iterdir()] == ["news.json"]  # no temporary files
+    assert {lists.status("news", s) for s in senders} == {"pending"}
+    assert lists.read("news") == lists.Roster()  # no member yet
     with pytest.raises(ValueError, match="bad list name"):
         lists.path("../etc")
 
