@@ -5,30 +5,23 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email import message_from_bytes, policy
 from pathlib import Path
 
 import aiosmtplib
 import pytest
 from helpers import Sink, mail, run_threads, running, sink_server
-from state.test_stores import temp_store
+from state.test_stores import every_store  # noqa: F401 (the store fixture)
 
 from mailrouter import reply
 from mailrouter.confirm import NAMESPACE, Confirmations, Pending, StatePendingStore, new_secret
 from mailrouter.outbound import sender as outbound
 from mailrouter.outbound.response import MailResponse
 from mailrouter.outbound.transport import ConnectionOptions
-from mailrouter.state import MemoryStorage, ShelveStorage, StateStorage
+from mailrouter.state import MemoryStorage, StateStorage
 from mailrouter.testing import Outbox
 
-STORES: dict[str, Callable[[Path], StateStorage]] = {
-    "memory": lambda tmp: MemoryStorage(),
-    "shelve": lambda tmp: ShelveStorage(tmp / "state.db"),
-    "sqlite": lambda tmp: temp_store("sqlite", tmp),
-    "redis": lambda tmp: temp_store("redis", tmp),
-    "postgres": lambda tmp: temp_store("postgres", tmp),
-}
 JOIN = "news-subscribe"
 JOE = "joe@example.org"
 
@@ -41,15 +34,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=sorted(STORES))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStorage]:
-    opened = STORES[request.param](tmp_path)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 @pytest.fixture

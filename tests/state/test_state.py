@@ -10,12 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
 import pytest
-from test_stores import temp_store
+from test_stores import STORES, every_store  # noqa: F401 (the store fixture)
 
 from mailrouter.errors import StoreError
 from mailrouter.state import (
@@ -36,25 +36,6 @@ from mailrouter.state import (
 from mailrouter.state.base import KeyedLocks
 
 WAIT = 10.0  # generous deadline for anything that should happen promptly
-
-# Every store the contract suite runs against; the shared ones on a throwaway file, prefix or
-# table (their servers missing: skipped, or failed under CI=true).
-STORES: dict[str, Callable[[Path], StateStorage]] = {
-    "memory": lambda tmp: MemoryStorage(),
-    "shelve": lambda tmp: ShelveStorage(tmp / "state.db"),
-    "sqlite": lambda tmp: temp_store("sqlite", tmp),
-    "redis": lambda tmp: temp_store("redis", tmp),
-    "postgres": lambda tmp: temp_store("postgres", tmp),
-}
-
-
-@pytest.fixture(params=sorted(STORES))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStorage]:
-    opened = STORES[request.param](tmp_path)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def run_thread(target: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:

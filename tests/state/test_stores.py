@@ -39,6 +39,8 @@ from mailrouter.state import (
     ERROR,
     START,
     ErrorReason,
+    MemoryStorage,
+    ShelveStorage,
     StateStorage,
     list_states,
     listable,
@@ -128,6 +130,27 @@ def location(kind: str, tmp: Path) -> Iterator[Shared]:
     shared = Shared(kind, tmp)
     yield shared
     drop(kind, shared.name)
+
+
+# Every store a contract suite runs against; the shared ones on a throwaway file, prefix or
+# table (their servers missing: skipped, or failed under CI=true).
+STORES: dict[str, Callable[[Path], StateStorage]] = {
+    "memory": lambda tmp: MemoryStorage(),
+    "shelve": lambda tmp: ShelveStorage(tmp / "state.db"),
+    "sqlite": lambda tmp: temp_store("sqlite", tmp),
+    "redis": lambda tmp: temp_store("redis", tmp),
+    "postgres": lambda tmp: temp_store("postgres", tmp),
+}
+
+
+@pytest.fixture(params=sorted(STORES), name="store")
+def every_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStorage]:
+    """Each of ``STORES``, opened on ``tmp_path``, closed after."""
+    opened = STORES[request.param](tmp_path)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 @pytest.fixture(params=KINDS)
