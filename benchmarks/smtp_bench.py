@@ -3,7 +3,8 @@
 Starts each server as its own process (pinned to CPU 0 when ``taskset`` exists), drives it from
 this process (pinned to CPU 1) with C connections in flight at all times, each sending M messages
 of S bytes before the next takes its place (EHLO first, as every MTA does; session c sends message
-i from sender (c + i) % N, N = 16 unless ``--senders``),
+i from sender (c + i) % N; ``--senders 16,1``: N = 16, then N = 1), warms each target up with
+``--warmup`` messages (3,000: Haraka's JIT needs thousands) before each measured round,
 alternates the targets round by round, and prints msg/s, p50/p99 latency, server CPU per message
 and the ratio to the sink. Loopback only; stops by itself. The servers are in ``targets.py``.
 
@@ -203,37 +204,67 @@ def run_rounds(
     settle: dict[str, Callable[[], None]] | None = None,
 ) -> dict[str, Result]:
     """Each target once per round, alternating; the best round of each."""
+    runs = rounds(specs, args, data, settle)
+    return {name: max(results, key=lambda r: r.rate) for name, results in runs.items()}
+
+
+def rounds(
+    specs: list[Spec],
+    args: argparse.Namespace,
+    data: bytes,
+    settle: dict[str, Callable[[], None]] | None = None,
+) -> dict[str, list[Result]]:
+    """Each target once per round, alternating, warmed up with ``--warmup`` messages of the
+    same load before it is measured; every round's result of each."""
     results: dict[str, list[Result]] = {spec.name: [] for spec in specs}
+    warmup = max(args.warmup // args.per_connection, 1) * args.per_connection
     for _ in range(args.rounds):
         for spec in specs:
             done = (settle or {}).get(spec.name, lambda: None)
             with targets.running(spec) as server:
-                load(server, 4, 5, 40, data, done)  # warm up
+                load(server, args.connections, args.per_connection, warmup, data, done)
                 result = load(
                     server, args.connections, args.per_connection, args.messages, data, done
                 )
                 results[spec.name].append(result)
-    return {name: max(runs, key=lambda r: r.rate) for name, runs in results.items()}
+    return results
 
 
 def throughput(args: argparse.Namespace, folder: Path) -> None:
-    """The sink, mailrouter and the optional competitors with do-nothing handlers."""
+    """The sink, mailrouter and the optional competitors with do-nothing handlers, for each
+    sender count of ``--senders``: the best round's figures, then mailrouter's ratio to each
+    target (of the best rounds, and the lowest and highest of the rounds side by side)."""
+    global SENDERS
     specs = [targets.sink(folder), targets.mailrouter(folder)]
     if args.salmon:
         specs.append(targets.salmon(folder, args.salmon))
     if args.haraka:
         specs.append(targets.haraka(folder, Path(args.haraka)))
     data = message(args.size)
-    best = run_rounds(specs, args, data)
-    print(f"{args.connections} connections x {args.per_connection} msgs, {len(data)} bytes")
-    header = ("server", "msg/s", "p50 ms", "p99 ms", "CPU us/msg", "x sink")
-    print("{:16} {:>8} {:>8} {:>8} {:>11} {:>7}".format(*header))
-    sink = best["aiosmtpd sink"].rate
-    for name, r in best.items():
+    for senders in args.sender_counts:
+        SENDERS = senders
+        runs = rounds(specs, args, data)
+        best = {name: max(results, key=lambda r: r.rate) for name, results in runs.items()}
         print(
-            f"{name:16} {r.rate:8,.0f} {r.percentile(0.5):8.2f} {r.percentile(0.99):8.2f} "
-            f"{r.cpu_per_message:11.0f} {r.rate / sink:7.2f}"
+            f"{args.connections} connections x {args.per_connection} msgs, {len(data)} bytes,"
+            f" {senders} sender(s), warm-up {args.warmup} msgs, best of {args.rounds} rounds"
         )
+        header = ("server", "msg/s", "p50 ms", "p99 ms", "CPU us/msg", "x sink")
+        print("{:16} {:>8} {:>8} {:>8} {:>11} {:>7}".format(*header))
+        sink = best["aiosmtpd sink"].rate
+        for name, r in best.items():
+            print(
+                f"{name:16} {r.rate:8,.0f} {r.percentile(0.5):8.2f} {r.percentile(0.99):8.2f} "
+                f"{r.cpu_per_message:11.0f} {r.rate / sink:7.2f}"
+            )
+        for name, theirs in runs.items():
+            if name != "mailrouter":
+                ratios = [a.rate / b.rate for a, b in zip(runs["mailrouter"], theirs, strict=True)]
+                print(
+                    f"mailrouter / {name}: {best['mailrouter'].rate / best[name].rate:.2f}"
+                    f" (rounds {min(ratios):.2f}-{max(ratios):.2f})"
+                )
+        print()
 
 
 def spool_drained(project: Path) -> Callable[[], None]:
@@ -451,7 +482,7 @@ def console(args: argparse.Namespace, folder: Path) -> None:
     for _ in range(args.rounds):
         for (spec, interval), port in zip(specs, [0, *ports.values()], strict=True):
             with targets.running(spec) as server:
-                load(server, 4, 5, 40, data)  # warm up
+                load(server, args.connections, args.per_connection, args.warmup, data)
                 poller = None
                 if interval is not None:
                     url, wait = f"http://{HOST}:{port}", str(interval)
@@ -509,7 +540,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--per-connection", type=int, default=10)
     parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--senders", type=int, default=16, help="distinct envelope senders")
+    parser.add_argument(
+        "--senders",
+        default="16,1",
+        help="distinct envelope senders: throughput runs each count of a list, others the first",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3000, help="messages each target gets before it is measured"
+    )
     parser.add_argument(
         "--messages", type=int, help="per target and round (4800; slow: 800; workers: 2400)"
     )
@@ -524,13 +562,19 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.messages is None:
         args.messages = DEFAULT_MESSAGES.get(args.scenario, 0)
+    try:
+        args.sender_counts = [int(count) for count in args.senders.split(",")]
+    except ValueError:
+        parser.error(f"--senders: not a number or a list of numbers: {args.senders!r}")
+    if min(args.sender_counts) < 1:
+        parser.error("--senders: at least 1")
     return args
 
 
 def main() -> None:
     global SENDERS
     args = parse_args()
-    SENDERS = args.senders
+    SENDERS = args.sender_counts[0]
     options = targets.OPTIONS
     options.pin = options.pin and not args.no_pin
     if args.profile:
