@@ -119,7 +119,7 @@ def _drop(roster: Roster, address: str) -> bool:
 @contextmanager
 def _confirmations() -> Iterator[Confirmations]:
     """The confirmation engine over the store beside the list files, closed after."""
-    LISTS_DIR.mkdir(parents=True, exist_ok=True)
+    LISTS_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)  # secrets: ours only
     store = open_store(f"sqlite://{LISTS_DIR / 'confirmations.db'}")
     try:
         yield Confirmations(store, ttl=CONFIRM_TTL)
@@ -151,6 +151,6 @@ def _dump(roster: Roster) -> str:
 
 def _write(target: Path, text: str) -> None:
     """Replace ``target`` with ``text``: temporary file, fsync, rename, fsync the folder."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     write_durably(fd, Path(tmp), target, (text + "\n").encode("utf-8"))

@@ -353,6 +353,7 @@ def test_concurrent_list_edits_lose_nothing(data: Path) -> None:
         thread.join()
     assert {lists.status("news", s) for s in senders} == {"pending"}
     assert lists.read("news") == lists.Roster()  # no member yet
+    assert (data / "lists").stat().st_mode & 0o777 == 0o700  # pending secrets: the server's only
     with pytest.raises(ValueError, match="bad list name"):
         lists.path("../etc")
 
