@@ -173,6 +173,13 @@ def run_threads(threads: list[threading.Thread], timeout: float) -> None:
 # -- a running server ------------------------------------------------------------------------
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[Server]:
     """A real server for ``settings``, started on the running loop; stopped and closed after."""

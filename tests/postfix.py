@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
-from helpers import poll, until, wait_for
+from helpers import free_port, poll, until, wait_for
 
 __all__ = [
     "LMTP_DOMAIN",
@@ -61,13 +61,6 @@ def require_postfix() -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _which(name: str) -> str | None:

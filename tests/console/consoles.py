@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import re
 import smtplib
-import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -155,13 +154,6 @@ def forget_copy(path: Path, ident: str) -> None:
     """Drop the kept copy of message ``ident``, as if the console had been off when it came."""
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         assert db.execute("DELETE FROM copies WHERE id = ?", (ident,)).rowcount == 1
-
-
-def free_port() -> int:
-    """A TCP port free now on 127.0.0.1, for a console whose port goes in a config file."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def log_in_sync(client: httpx.Client, url: str) -> str:

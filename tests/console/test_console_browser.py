@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from consoles import APP, TOKEN, free_port, message
-from helpers import Project
+from consoles import APP, TOKEN, message
+from helpers import Project, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 QUIET_BROWSER = [

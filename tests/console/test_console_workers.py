@@ -8,8 +8,8 @@ import smtplib
 from collections.abc import Callable
 
 import httpx
-from consoles import TOKEN, free_port, log_in_sync, message
-from helpers import Project, wait_for
+from consoles import TOKEN, log_in_sync, message
+from helpers import Project, free_port, wait_for
 
 from mailrouter.message import delivery_id
 
