@@ -157,8 +157,6 @@ class Transport:
         """One SMTP session; the attempts, and whether another host may do better (the
         failure came before any recipient was answered and was not permanent)."""
         where = f"{host}:{port}"
-        utf8 = not all(address.isascii() for address in (sender, *recipients))
-        encoding = "utf-8" if utf8 else "ascii"
         attempts: dict[str, Attempt] = {}
         client = self._client(host, port)
         stage = "connect"
@@ -171,14 +169,11 @@ class Transport:
                         await client.ehlo()
                     except aiosmtplib.SMTPHeloError:
                         await client.helo()
-                mail_options = []
-                if not data.isascii() and client.supports_extension("8bitmime"):
-                    mail_options.append("BODY=8BITMIME")
-                if utf8:
-                    if not client.supports_extension("smtputf8"):
-                        reply = f"{where}: 555 5.6.7 SMTPUTF8 needed but not offered"
-                        return dict.fromkeys(recipients, Attempt("failed", reply)), False
-                    mail_options.append("SMTPUTF8")
+                mail_options = options_for(sender, recipients, data, client.supports_extension)
+                if mail_options is None:
+                    failed = Attempt("failed", f"{where}: {NO_SMTPUTF8}")
+                    return dict.fromkeys(recipients, failed), False
+                encoding = "utf-8" if "SMTPUTF8" in mail_options else "ascii"
                 stage = "MAIL"
                 await client.mail(sender, options=mail_options, encoding=encoding)
                 stage = "RCPT"
@@ -209,6 +204,22 @@ class Transport:
         for rcpt in recipients:
             attempts.setdefault(rcpt, attempt)
         return attempts, next_host
+
+
+NO_SMTPUTF8 = "555 5.6.7 SMTPUTF8 needed but not offered"
+
+
+def options_for(
+    sender: str, recipients: list[str], data: bytes, offers: Callable[[str], bool]
+) -> list[str] | None:
+    """The MAIL options for ``data`` from ``sender`` to ``recipients``, given the extensions
+    the server ``offers`` (by lower-case name); None when it needs SMTPUTF8, not offered."""
+    options = ["BODY=8BITMIME"] if not data.isascii() and offers("8bitmime") else []
+    if not all(address.isascii() for address in (sender, *recipients)):
+        if not offers("smtputf8"):
+            return None
+        options.append("SMTPUTF8")
+    return options
 
 
 def refusal(where: str, code: int, message: str) -> Attempt:

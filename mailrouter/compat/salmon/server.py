@@ -20,7 +20,7 @@ from mailrouter.outbound import sender as outbound
 from mailrouter.outbound.outbox import Attempt, clean_reply
 from mailrouter.outbound.response import reply
 from mailrouter.outbound.sender import Sendable, Sender, SendOptions, SendResult
-from mailrouter.outbound.transport import ConnectionOptions, refusal
+from mailrouter.outbound.transport import NO_SMTPUTF8, ConnectionOptions, options_for, refusal
 
 __all__ = ["Relay", "SMTPError", "current"]
 
@@ -168,11 +168,9 @@ def _transaction(
     client: smtplib.SMTP, where: str, sender: str, rcpts: list[str], data: bytes
 ) -> dict[str, Attempt]:
     """One ``sendmail``: an Attempt per recipient (a refused MAIL or DATA fails them all)."""
-    options = []
-    if not data.isascii() and client.has_extn("8bitmime"):
-        options.append("BODY=8BITMIME")
-    if not all(address.isascii() for address in (sender, *rcpts)):
-        options.append("SMTPUTF8")
+    options = options_for(sender, rcpts, data, client.has_extn)
+    if options is None:
+        return dict.fromkeys(rcpts, Attempt("failed", f"{where}: {NO_SMTPUTF8}"))
     try:
         refused: object = client.sendmail(sender, rcpts, data, options)
     except smtplib.SMTPRecipientsRefused as exc:
