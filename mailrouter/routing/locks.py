@@ -1,68 +1,149 @@
-"""The locks that keep one sender's transitions from interleaving.
+"""The lanes that keep one sender's transitions from interleaving.
 
-Within a process, tasks for the same (state key, sender) queue on an asyncio lock, so at most
-one of them at a time reaches the executor and the store's own lock; a handler thread that
-outlives its task (timed out) keeps the asyncio lock until it returns. The store's lock then
-only ever waits for other processes (shared stores), and threads are never parked on a lock
-whose holder needs a thread to release it, or is a hung handler.
+Within a process, the work for one (state key, sender) goes down one lane: one turn at a time,
+in arrival order, so at most one of them at a time reaches the store's own lock. A turn is
+either a call that runs in an executor thread (a plain handler's whole step), or a hold taken
+on the loop (the step of an async handler). When a call ends, the thread that ran it takes the
+lane's next call itself: one busy sender's messages follow each other in that thread without a
+round trip through the loop in between. A call that outlives its task (timed out) keeps the
+lane until it returns. The store's lock then only ever waits for other processes (shared
+stores), and threads are never parked on a lock whose holder needs a thread to release it, or
+is a hung handler.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+from mailrouter.routing.executor import BlockingCall, submit
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-class KeyedAsyncLocks:
-    """One asyncio lock per key, created on demand and dropped when nobody holds or awaits it."""
+class _Call:
+    """A lane's turn that runs in a thread."""
+
+    __slots__ = ("blocking", "executor")
+
+    def __init__(self, blocking: BlockingCall[Any], executor: Executor | None) -> None:
+        self.blocking, self.executor = blocking, executor
+
+
+class _Hold:
+    """A lane's turn held on the loop: ``granted`` is set when it is this turn's."""
+
+    __slots__ = ("granted",)
 
     def __init__(self) -> None:
-        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+        self.granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def grant(self) -> None:
+        if not self.granted.done():
+            self.granted.set_result(None)
+
+
+class KeyedLanes:
+    """One lane per key, created on demand and dropped when no turn is left in it."""
+
+    def __init__(self) -> None:
+        self._lanes: dict[Hashable, deque[_Call | _Hold]] = {}  # each lane's head has the turn
+        self._mutex = threading.Lock()  # lanes move on in threads and on the loop
+
+    async def run(
+        self,
+        key: Hashable,
+        executor: Executor | None,
+        func: Callable[P, T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``func(*args, **kwargs)`` in ``executor``, on ``key``'s turn; its result.
+
+        Cancelled before its turn, the call does not run; once running, it keeps the lane
+        until it returns, whatever became of its task."""
+        blocking = BlockingCall(func, args, kwargs)
+        call = _Call(blocking, executor)
+        if self._join(key, call):
+            self._start(key, call)
+        return await blocking.future
 
     @contextlib.asynccontextmanager
-    async def hold(self, key: Hashable) -> AsyncIterator[Callable[[asyncio.Future[Any]], None]]:
-        """Hold the lock for ``key``.
-
-        The block may pass the function it is given a future (a call running in a thread that
-        holds the key's store lock): if the block ends first (its task timed out), the key stays
-        locked until that future is done, so the key's next tasks wait here, on the loop, and
-        not each in a thread of its own.
-        """
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
-        kept: list[asyncio.Future[Any]] = []
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        """Hold ``key``'s lane, on the loop, for the block."""
+        turn = _Hold()
+        if not self._join(key, turn):
+            try:
+                await turn.granted
+            except asyncio.CancelledError:
+                with self._mutex:
+                    lane = self._lanes[key]
+                    holding = lane[0] is turn  # granted meanwhile: then pass it on
+                    if not holding:
+                        lane.remove(turn)
+                if holding:
+                    self._pass_on(key)
+                raise
         try:
-            await lock.acquire()
-        except BaseException:
-            self._leave(key)
-            raise
-        try:
-            yield kept.append
+            yield
         finally:
-            if kept and not kept[-1].done():
-                kept[-1].add_done_callback(lambda _: self._release(key))
-            else:
-                self._release(key)
+            self._pass_on(key)
 
-    def _release(self, key: Hashable) -> None:
-        self._locks[key][0].release()
-        self._leave(key)
+    def _join(self, key: Hashable, turn: _Call | _Hold) -> bool:
+        """Queue ``turn`` in ``key``'s lane; whether it is its turn already."""
+        with self._mutex:
+            lane = self._lanes.setdefault(key, deque())
+            lane.append(turn)
+            return len(lane) == 1
 
-    def _leave(self, key: Hashable) -> None:
-        lock, users = self._locks[key]
-        if users == 1:
-            del self._locks[key]
-        else:
-            self._locks[key] = (lock, users - 1)
+    def _next(self, key: Hashable) -> _Call | _Hold | None:
+        """End the head's turn: the turn that comes next, if any (else the lane goes)."""
+        with self._mutex:
+            lane = self._lanes[key]
+            lane.popleft()
+            if lane:
+                return lane[0]
+            del self._lanes[key]
+            return None
+
+    def _pass_on(self, key: Hashable) -> None:
+        """End the head's turn, on the loop, and give the lane to the next."""
+        turn = self._next(key)
+        if isinstance(turn, _Hold):
+            turn.grant()
+        elif turn is not None:
+            self._start(key, turn)
+
+    def _start(self, key: Hashable, call: _Call) -> None:
+        """Start running ``key``'s calls, from ``call`` (the head), in a thread (on the loop)."""
+        try:
+            submit(call.executor, lambda: self._drain(key, call))
+        except RuntimeError as exc:  # the executor is shut down: the call fails, the lane goes on
+            call.blocking.fail(exc)
+            self._pass_on(key)
+
+    def _drain(self, key: Hashable, call: _Call) -> None:
+        """Run ``call`` and the calls queued behind it, here, until a hold's turn (granted on
+        the loop) or the lane's end."""
+        turn: _Call | _Hold | None = call
+        while isinstance(turn, _Call):
+            outcome = turn.blocking.make()
+            ended, turn = turn, self._next(key)  # the lane moves on before the task resumes
+            ended.blocking.hand_over(outcome)
+        if turn is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody holds any more
+                turn.granted.get_loop().call_soon_threadsafe(turn.grant)
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self._lanes)
 
 
 @contextlib.asynccontextmanager

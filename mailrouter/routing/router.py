@@ -31,9 +31,8 @@ from mailrouter.routing.executor import (
     run_blocking,
     run_here,
     run_to_end,
-    start_blocking,
 )
-from mailrouter.routing.locks import KeyedAsyncLocks, held_in_executor
+from mailrouter.routing.locks import KeyedLanes, held_in_executor
 from mailrouter.routing.result import DeliveryResult, Ledger, RecipientOutcome, reply_for
 from mailrouter.state import (
     ERROR,
@@ -157,7 +156,7 @@ class Router:
         self.state_sender: StateSender = state_sender
         self.reject_unauthenticated = reject_unauthenticated
         self._table = RouteTable()
-        self._local_locks = KeyedAsyncLocks()
+        self._lanes = KeyedLanes()
         self._queue_failing = False
         self._loading = threading.Lock()
 
@@ -436,30 +435,24 @@ class Router:
             if picked.handler.nolocking:
                 return await self._run(choice.only(picked), message, unlocked)
         if self.lock_scope == "global":  # not held past a timeout: that would stall every sender
-            async with self._local_locks.hold(None):
+            async with self._lanes.hold(None):
                 return await self._run(choice, message, contextlib.nullcontext())
-        async with self._local_locks.hold((choice.key, sender)) as keep:
-            return await self._run(choice, message, self.store.lock(choice.key, sender), keep)
+        lane, store_lock = (choice.key, sender), self.store.lock(choice.key, sender)
+        if not choice.has_async:  # the fast path: the whole step in one handler thread
+            return await self._lanes.run(
+                lane, self.executor, self._run_sync, choice, message, store_lock
+            )
+        async with self._lanes.hold(lane):
+            return await self._run(choice, message, store_lock)
 
     async def _run(
-        self,
-        choice: _Choice,
-        message: MailRequest,
-        store_lock: AbstractContextManager[Any],
-        keep: Callable[[asyncio.Future[Any]], None] | None = None,
+        self, choice: _Choice, message: MailRequest, store_lock: AbstractContextManager[Any]
     ) -> HandlerSpec | None:
         """Run ``_step`` under ``store_lock``: with only plain handlers to choose from, all of it
         in one handler thread (the fast path); else on the loop, the plain handler in a handler
-        thread, the lock and state calls in the I/O executor.
-
-        A fast-path thread that outlives the delivery (timed out) holds ``store_lock`` until it
-        returns; ``keep`` is given its future, to hold the sender's lock on the loop that long.
-        """
+        thread, the lock and state calls in the I/O executor."""
         if not choice.has_async:
-            running = start_blocking(self.executor, self._run_sync, choice, message, store_lock)
-            if keep is not None:
-                keep(running)
-            return await asyncio.shield(running)
+            return await run_blocking(self.executor, self._run_sync, choice, message, store_lock)
         async with held_in_executor(store_lock, self.io_executor):
             return await self._step(choice, message, self._blocking, self._handling)
 

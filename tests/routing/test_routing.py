@@ -724,7 +724,7 @@ async def test_one_sender_flooding_a_small_executor_never_deadlocks(
         # a deadlock would hang here; the guard turns it into a failure
         await asyncio.wait_for(asyncio.gather(*flood), timeout=60)
     assert sys.modules[app].count == [30]
-    assert len(router._local_locks) == 0  # no lock left behind
+    assert len(router._lanes) == 0  # no lane left behind
 
 
 async def test_a_state_machine_is_resolved_under_one_lock(
