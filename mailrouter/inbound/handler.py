@@ -13,6 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 from mailrouter import replies
 from mailrouter.config import Settings
 from mailrouter.errors import QueueError, QueueFullError
+from mailrouter.inbound.journal_calls import JournalCalls
 from mailrouter.inbound.ledger import JournalLedger
 from mailrouter.inbound.outcome import DeliveryRecord, Observer
 from mailrouter.inbound.spool import Spool
@@ -43,18 +44,28 @@ class Receiver(HookListing):
         settings: Settings,
         router: Router,
         spool: Spool | None = None,
-        journal: Journal | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
         self.spool = spool  # spool mode: where messages go before the router
-        self.journal = journal  # what became of each message; which recipients are done
+        self.journal_calls: JournalCalls | None = None  # see ``journal``
         self.hostname = settings.hostname or socket.getfqdn()  # once, not per message
         self.lmtp = settings.protocol == "lmtp"
         self.observers: list[Observer] = []  # told of each message (metrics, delivery log)
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+
+    @property
+    def journal(self) -> Journal | None:
+        """What became of each message; which recipients are done (None: the journal is off)."""
+        return self.journal_calls.journal if self.journal_calls is not None else None
+
+    @journal.setter
+    def journal(self, journal: Journal | None) -> None:
+        self.journal_calls = None
+        if journal is not None:
+            self.journal_calls = JournalCalls(journal, self.router.io_executor)
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -112,10 +123,8 @@ class Receiver(HookListing):
         self.idle.clear()
         try:
             ledger = None
-            if self.journal is not None:
-                ledger = await JournalLedger.begin(
-                    self.journal, request, helo, self.router.io_executor
-                )
+            if self.journal_calls is not None:
+                ledger = await JournalLedger.begin(self.journal_calls, request, helo)
             refusal = await self._authenticate(request, helo, message_id)
             if refusal is not None:
                 answers = refusal.to(request.recipients)
@@ -162,9 +171,8 @@ class Receiver(HookListing):
     ) -> tuple[tuple[Reply, ...], DeliveryResult | None]:
         """Run the router, within the handler timeout: each recipient's reply."""
         try:
-            result = await asyncio.wait_for(
-                self.router.deliver(request, ledger=ledger), self.settings.handler_timeout or None
-            )
+            async with asyncio.timeout(self.settings.handler_timeout or None):  # no extra task
+                result = await self.router.deliver(request, ledger=ledger)
         except TimeoutError:
             log.error(
                 "%s: handlers for %r took over %ss",

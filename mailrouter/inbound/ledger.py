@@ -5,7 +5,8 @@ finished (they are not run again: ``begin``, one read) and tells it the moment a
 handlers finish, before the next recipient is routed (``Journal.record``); ``settle`` then records
 the others (queued, refused, deferred or pending) and the reply, in one write
 (``Journal.finish``). A single-recipient message thus costs one read and one write. Every journal
-call runs in the given executor (the server's I/O threads): the loop never waits on disk.
+call goes through ``JournalCalls``, batched with the other deliveries' calls of the same pass of
+the loop and made in the server's I/O threads: the loop never waits on disk.
 
 The one window left: a crash after a handler's side effect and before its record commits runs
 that handler again on the retry. For every recipient but the last that is one small write, well
@@ -17,11 +18,11 @@ exact there key their side effects by ``message.delivery_id``.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from concurrent.futures import Executor
 
 from mailrouter import replies
+from mailrouter.inbound.journal_calls import JournalCalls
 from mailrouter.inbound.outcome import peer_text
-from mailrouter.journal import Arrival, Journal, Outcome, RecipientStatus
+from mailrouter.journal import Arrival, Outcome, RecipientStatus, Write
 from mailrouter.message import MailRequest, normalize_address
 from mailrouter.replies import Reply
 from mailrouter.routing.executor import run_blocking
@@ -33,46 +34,40 @@ class JournalLedger:
 
     def __init__(
         self,
-        journal: Journal,
+        calls: JournalCalls,
         message: MailRequest,
         arrival: Arrival,
         number: int,
         done: Collection[str],
-        executor: Executor | None,
     ) -> None:
-        self.journal = journal
+        self.calls = calls
         self.message = message
         self.arrival = arrival  # what the journal's writes create or update the entry from
         self.number = number  # this reception's number
-        self.executor = executor
         self._done = set(done)  # normalised addresses whose handlers finished
         self._recorded: set[str] = set()  # finished in this delivery
         self._last: tuple[str, Outcome] | None = None  # recorded by settle
         self._written = False  # whether this reception wrote its entry yet
 
     @classmethod
-    async def begin(
-        cls, journal: Journal, message: MailRequest, helo: str, executor: Executor | None
-    ) -> JournalLedger:
+    async def begin(cls, calls: JournalCalls, message: MailRequest, helo: str) -> JournalLedger:
         """A reception of ``message``, looked up (nothing is written until a recipient's mark or
         the reply); its ``attempt`` becomes this reception's number."""
         arrival = Arrival(
             message.sender, message.recipients, message.data, peer_text(message.peer), helo
         )
-        attempt = await run_blocking(executor, journal.begin, arrival)
+        attempt = await calls.begin(arrival)
         message.attempt = attempt.number
         message._delivery_id = attempt.delivery_id  # hashed once: handlers and observers reuse it
-        return cls(journal, message, arrival, attempt.number, attempt.done, executor)
+        return cls(calls, message, arrival, attempt.number, attempt.done)
 
     @classmethod
-    async def resume(
-        cls, journal: Journal, message: MailRequest, executor: Executor | None
-    ) -> JournalLedger:
+    async def resume(cls, calls: JournalCalls, message: MailRequest) -> JournalLedger:
         """The ledger of a message received before (spool mode): its reception's number is
         the entry's, so the writes change only the recipients' outcomes."""
-        entry = await run_blocking(executor, journal.get, message.delivery_id)
+        entry = await run_blocking(calls.executor, calls.journal.get, message.delivery_id)
         if entry is None:  # spooled while the journal was off (or before the reply's write)
-            return await cls.begin(journal, message, "", executor)
+            return await cls.begin(calls, message, "")
         message.attempt = entry.attempts
         arrival = Arrival(
             message.sender,
@@ -83,7 +78,7 @@ class JournalLedger:
             entry.last_attempt_at,
         )
         done = [normalize_address(r.recipient) for r in entry.outcomes if r.done]
-        ledger = cls(journal, message, arrival, entry.attempts, done, executor)
+        ledger = cls(calls, message, arrival, entry.attempts, done)
         ledger._written = True  # at reception
         return ledger
 
@@ -101,14 +96,8 @@ class JournalLedger:
             self._last = (address, record)
             return
         first = not self._written  # writes the entry; the next ones only their recipient's row
-        await run_blocking(
-            self.executor,
-            self.journal.record,
-            self.arrival,
-            self.number,
-            address,
-            record,
-            first=first,
+        await self.calls.write(
+            Write.record(self.arrival, self.number, address, record, first=first)
         )
         self._written = True
 
@@ -135,16 +124,10 @@ class JournalLedger:
                 continue
             self._recorded.add(address)
             outcomes.append((answer.recipient, _outcome(answer, result, pending, note)))
-        await run_blocking(
-            self.executor,
-            self.journal.finish,
-            self.arrival,
-            self.number,
-            outcomes,
-            reply,
-            duration,
-            first=not self._written,
+        finish = Write.finish(
+            self.arrival, self.number, outcomes, reply, duration, first=not self._written
         )
+        await self.calls.write(finish)
 
 
 def _outcome(answer: Reply, result: DeliveryResult | None, pending: bool, note: str) -> Outcome:

@@ -19,8 +19,8 @@ import asyncio
 import logging
 
 from mailrouter.errors import QueueError
+from mailrouter.inbound.journal_calls import JournalCalls
 from mailrouter.inbound.ledger import JournalLedger
-from mailrouter.journal import Journal
 from mailrouter.message import MailRequest
 from mailrouter.queue import Queue, QueueEntry
 from mailrouter.routing.executor import run_blocking
@@ -54,7 +54,7 @@ class Spool:
         self.handler_timeout = handler_timeout or None
         self.max_attempts = max_attempts
         self.undeliverable = router.undeliverable
-        self.journal: Journal | None = None  # set by the server: recipients done are skipped
+        self.journal_calls: JournalCalls | None = None  # set by the server: done ones are skipped
         self._executor = router.io_executor
         self._waiting: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -180,12 +180,10 @@ class Spool:
         message = entry.message
         try:
             ledger = None
-            if self.journal is not None:
-                ledger = await JournalLedger.resume(self.journal, message, self._executor)
-            result = await asyncio.wait_for(
-                self.router.deliver(message, keep_refused=True, ledger=ledger),
-                self.handler_timeout,
-            )
+            if self.journal_calls is not None:
+                ledger = await JournalLedger.resume(self.journal_calls, message)
+            async with asyncio.timeout(self.handler_timeout):
+                result = await self.router.deliver(message, keep_refused=True, ledger=ledger)
             if ledger is not None:
                 await ledger.settle(result.replies, result, "", 0.0)
         except TimeoutError:  # a handler that hangs would hang again: park the message

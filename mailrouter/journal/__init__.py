@@ -56,6 +56,7 @@ from mailrouter.journal.records import (
     Outcome,
     RecipientRecord,
     RecipientStatus,
+    Write,
     message_status,
 )
 from mailrouter.message import delivery_id
@@ -74,6 +75,7 @@ __all__ = [
     "Outcome",
     "RecipientRecord",
     "RecipientStatus",
+    "Write",
     "delivery_id",
     "message_status",
     "open_journal",

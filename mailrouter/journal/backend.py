@@ -52,6 +52,15 @@ class Dialect:
     ddl_lock: str = ""  # run first in the transaction that creates the tables (param: table)
 
 
+@dataclass(frozen=True)
+class Work:
+    """A write to run on a cursor (``atomic=False``: one statement, that may commit alone)."""
+
+    what: str  # what it does, for error messages: "record a reply"
+    run: Callable[[Cursor], None]
+    atomic: bool
+
+
 class Database(Protocol):
     """A backend: runs work on a cursor, in one transaction, raising only ``JournalError``."""
 
@@ -60,6 +69,10 @@ class Database(Protocol):
 
     def run(self, what: str, work: Callable[[Cursor], T], *, write: bool, atomic: bool) -> T:
         """``work``'s result; ``atomic=False``: its one statement commits by itself."""
+
+    def run_all(self, works: Sequence[Work]) -> list[JournalError | None]:
+        """Run several writes, each atomic, together where the database can: each one's error,
+        or None; one that fails leaves the others."""
 
     def close(self) -> None:
         """Release the connections; idempotent."""

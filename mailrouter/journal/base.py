@@ -23,7 +23,15 @@ from typing import Any, Self, TypeVar
 
 from mailrouter.errors import MailRouterError
 from mailrouter.journal import schema
-from mailrouter.journal.backend import DEFAULT_TABLE, NAME, Cursor, Database, JournalError, quoted
+from mailrouter.journal.backend import (
+    DEFAULT_TABLE,
+    NAME,
+    Cursor,
+    Database,
+    JournalError,
+    Work,
+    quoted,
+)
 from mailrouter.journal.records import (
     MESSAGE_STATUSES,
     Arrival,
@@ -32,6 +40,7 @@ from mailrouter.journal.records import (
     MessageStatus,
     Outcome,
     RecipientRecord,
+    Write,
 )
 from mailrouter.journal.schema import ENTRY, RECIPIENT, Schema
 from mailrouter.message import normalize_address
@@ -80,12 +89,16 @@ class Journal:
     def _run(
         self, what: str, work: Callable[[Cursor], T], *, write: bool, atomic: bool = True
     ) -> T:
+        self._prepare(what)
+        return self._db.run(what, work, write=write, atomic=atomic)
+
+    def _prepare(self, what: str) -> None:
+        """Create the tables before the first call."""
         if not self._ready:
             with self._guard:
                 if not self._ready:
                     self._create(what)
                     self._ready = True
-        return self._db.run(what, work, write=write, atomic=atomic)
 
     def _create(self, what: str) -> None:
         """Create the tables unless they exist: looked up first, as creating takes locks."""
@@ -146,8 +159,7 @@ class Journal:
         every recipient of ``arrival``; a later one (``first=False``) is the recipient's row
         alone, one statement.
         """
-        outcomes = [(recipient, outcome)]
-        self._write("record an outcome", arrival, number, outcomes, "", 0.0, at, first=first)
+        self._write(Write.record(arrival, number, recipient, outcome, at, first=first))
 
     def finish(
         self,
@@ -168,47 +180,56 @@ class Journal:
         ``first=False``: the reception wrote its entry already (a ``record``), so the reply is
         set by an UPDATE (unless a newer reception's) and only the outcomes' rows are written.
         """
-        self._write("record a reply", arrival, number, outcomes, reply, duration, at, first=first)
+        self._write(Write.finish(arrival, number, outcomes, reply, duration, at, first=first))
 
-    def _write(
-        self,
-        what: str,
-        arrival: Arrival,
-        number: int,
-        outcomes: Sequence[tuple[str, Outcome]],
-        reply: str,
-        duration: float,
-        at: float | None,
-        *,
-        first: bool,
-    ) -> None:
-        """The entry's upsert and one ``executemany`` of recipients' rows (``first``: a row for
-        each recipient of ``arrival``, in RCPT order, then those given that it does not name);
-        else the reply's UPDATE, if any, and the given outcomes' rows."""
-        at = time.time() if at is None else at
-        given = {normalize_address(rcpt): (rcpt, outcome) for rcpt, outcome in outcomes}
+    def write_all(self, writes: Sequence[Write]) -> list[JournalError | None]:
+        """Make several ``record`` and ``finish`` writes in one transaction where the database
+        can (SQLite): each one's error, or None. A failing write fails alone."""
+        if not writes:
+            return []
+        works = [self._work(write) for write in writes]
+        self._prepare(writes[0].what)
+        done = self._db.run_all([work for work in works if work is not None])
+        found = iter(done)
+        return [None if work is None else next(found) for work in works]
+
+    def _write(self, write: Write) -> None:
+        work = self._work(write)
+        if work is not None:
+            self._run(work.what, work.run, write=True, atomic=work.atomic)
+
+    def _work(self, write: Write) -> Work | None:
+        """The statements of ``write``: the entry's upsert and one ``executemany`` of recipients'
+        rows (``first``: a row for each recipient of the arrival, in RCPT order, then those
+        given that it does not name); else the reply's UPDATE, if any, and the given outcomes'
+        rows. None if there is nothing to write."""
+        arrival, number, reply = write.arrival, write.number, write.reply
+        at = time.time() if write.at is None else write.at
+        given = {normalize_address(rcpt): (rcpt, outcome) for rcpt, outcome in write.outcomes}
         entry: tuple[Any, ...] = ()
         marks: list[tuple[Any, ...]] = []
-        if first:
-            entry = schema.entry_row(arrival, number, reply, duration if reply else None, at)
+        if write.first:
+            duration = write.duration if reply else None
+            entry = schema.entry_row(arrival, number, reply, duration, at)
             for key, (_, rcpt) in arrival.named.items():
                 outcome = given.pop(key, (rcpt, None))[1]
                 marks.append(schema.mark_row(arrival, number, rcpt, outcome, at))
         elif reply:
-            entry = (to_text(reply), duration, at, arrival.delivery_id, number)
+            entry = (to_text(reply), write.duration, at, arrival.delivery_id, number)
         marks += [schema.mark_row(arrival, number, r, outcome, at) for r, outcome in given.values()]
         if not entry and not marks:
-            return
+            return None
+        statement = self._sql["arrive" if write.first else "reply"]
 
-        def write(cur: Cursor) -> None:
+        def run(cur: Cursor) -> None:
             if entry:
-                cur.execute(self._sql["arrive" if first else "reply"], entry)
+                cur.execute(statement, entry)
             if len(marks) == 1:
                 cur.execute(self._sql["mark"], marks[0])
             elif marks:
                 cur.executemany(self._sql["mark"], marks)
 
-        self._run(what, write, write=True, atomic=bool(entry) and bool(marks))
+        return Work(write.what, run, atomic=bool(entry) and bool(marks))
 
     def get(self, id_or_prefix: str) -> Entry | None:
         """The entry with this id or unique id prefix; None if none (AmbiguousIdError: several)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
-from mailrouter.journal.backend import Cursor, Dialect, JournalError, JournalURL
+from mailrouter.journal.backend import Cursor, Dialect, JournalError, JournalURL, Work
 from mailrouter.journal.base import Journal
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,18 @@ class PostgresDatabase:
                     continue
                 raise JournalError(f"journal {self.shown}: cannot {what}: {exc}") from exc
         raise AssertionError("unreachable")
+
+    def run_all(self, works: Sequence[Work]) -> list[JournalError | None]:
+        """Several writes, each in its own transaction (one round trip or two each)."""
+        errors: list[JournalError | None] = []
+        for work in works:
+            try:
+                self.run(work.what, work.run, write=True, atomic=work.atomic)
+            except JournalError as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
 
     def close(self) -> None:
         """Close the pool; idempotent."""

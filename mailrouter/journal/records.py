@@ -167,6 +167,50 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Write:
+    """A ``Journal.record`` or ``Journal.finish`` to make (``Journal.write_all`` makes several
+    together): outcomes of reception ``number`` of ``arrival``, with the reply if any."""
+
+    what: str  # for error messages
+    arrival: Arrival
+    number: int
+    outcomes: Sequence[tuple[str, Outcome]]
+    reply: str = ""
+    duration: float = 0.0
+    at: float | None = None  # when (None: now)
+    first: bool = True  # the reception's first write: it creates or updates the entry
+
+    @classmethod
+    def record(
+        cls,
+        arrival: Arrival,
+        number: int,
+        recipient: str,
+        outcome: Outcome,
+        at: float | None = None,
+        *,
+        first: bool = True,
+    ) -> Write:
+        """The write of ``Journal.record``."""
+        return cls("record an outcome", arrival, number, [(recipient, outcome)], at=at, first=first)
+
+    @classmethod
+    def finish(
+        cls,
+        arrival: Arrival,
+        number: int,
+        outcomes: Sequence[tuple[str, Outcome]],
+        reply: str,
+        duration: float,
+        at: float | None = None,
+        *,
+        first: bool = True,
+    ) -> Write:
+        """The write of ``Journal.finish``."""
+        return cls("record a reply", arrival, number, outcomes, reply, duration, at, first)
+
+
+@dataclass(frozen=True)
 class RecipientRecord:
     """One recipient of an entry, as first given, with its last outcome and when it was recorded."""
 

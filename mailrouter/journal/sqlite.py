@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from mailrouter.journal.backend import Cursor, Dialect, JournalError, JournalURL
+from mailrouter.journal.backend import Cursor, Dialect, JournalError, JournalURL, Work
 from mailrouter.journal.base import Journal
 from mailrouter.state.sqlite import switch_to_wal
 
@@ -98,14 +98,30 @@ class SqliteDatabase:
         if not write:
             return self._read(what, work, atomic=atomic)
         mine = _Write(what, work)
+        self._write([mine])
+        if mine.error is not None:
+            raise mine.error
+        return cast(T, mine.result)
+
+    def run_all(self, works: Sequence[Work]) -> list[JournalError | None]:
+        """Several writes, committed together (with any queued meanwhile): each one's error."""
+        writes = [_Write(work.what, work.run) for work in works]
+        self._write(writes)
+        return [write_.error for write_ in writes]
+
+    def _write(self, mine: list[_Write]) -> None:
+        """Queue ``mine`` and return once a commit holding them is done (or failed: their
+        ``error`` set)."""
         with self._queued:
-            self._queue.append(mine)
+            self._queue.extend(mine)
         with self._guard:
-            if not mine.finished:
+            if not mine[-1].finished:
                 with self._queued:
                     batch, self._queue = self._queue, []
                 try:
-                    for write_, result in zip(batch, self._commit(what, batch), strict=True):
+                    for write_, result in zip(
+                        batch, self._commit(batch[0].what, batch), strict=True
+                    ):
                         write_.result = result
                 except Exception as exc:  # JournalError, or a bug in a write: raised to all
                     for write_ in batch:
@@ -115,9 +131,6 @@ class SqliteDatabase:
                 finally:
                     for write_ in batch:
                         write_.finished = True
-        if mine.error is not None:
-            raise mine.error
-        return cast(T, mine.result)
 
     def _read(self, what: str, work: Callable[[Cursor], T], *, atomic: bool) -> T:
         """``work`` on an idle reading connection (a new one if none is idle); a one-statement

@@ -162,7 +162,7 @@ class Server:
         if journal is not None:
             self._purging = asyncio.create_task(self._purge(journal))
         if self.handler.spool is not None:
-            self.handler.spool.journal = journal
+            self.handler.spool.journal_calls = self.handler.journal_calls
             await self.handler.spool.start()
         try:
             if self.settings.unix_socket:

@@ -32,6 +32,7 @@ from mailrouter.journal import (
     JournalError,
     Outcome,
     RecipientStatus,
+    Write,
     delivery_id,
     message_status,
     open_journal,
@@ -660,6 +661,74 @@ def test_a_message_is_one_read_and_one_write(
         ]
         assert journal.get(three.delivery_id).status == "delivered"  # type: ignore[union-attr]
         assert run(lambda: journal.finish(three, 1, [], "", 0.0, first=False)) == []
+
+
+def refuse_recipient(place: Place, journal: Journal, rcpt: str) -> None:
+    """A trigger in the database that makes any write of ``rcpt``'s row fail."""
+    table = journal.table + "_recipients"
+    if place.kind == "sqlite":
+        with closing(sqlite3.connect(place.path)) as conn:
+            conn.execute(
+                f"CREATE TRIGGER refuse BEFORE INSERT ON \"{table}\" WHEN NEW.rcpt = '{rcpt}'"
+                " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        return
+    with psycopg.connect(SERVERS["postgres"], autocommit=True) as conn:
+        conn.execute(
+            f"CREATE FUNCTION {table}_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF NEW.rcpt = '{rcpt}' THEN RAISE EXCEPTION 'refused by the test'; END IF;"
+            " RETURN NEW; END $$"
+        )
+        conn.execute(
+            f'CREATE TRIGGER refuse BEFORE INSERT ON "{table}" FOR EACH ROW'
+            f" EXECUTE FUNCTION {table}_refuse()"
+        )
+
+
+def test_write_all_makes_every_write_and_a_failing_one_fails_alone(
+    place: Place, journal: Journal
+) -> None:
+    journal.entries()  # the tables
+    refuse_recipient(place, journal, "bad@x.org")
+    good, bad, other = (
+        arrival([rcpt], n) for n, rcpt in enumerate(["a@x.org", "bad@x.org", "b@x.org"])
+    )
+    writes = [
+        Write.finish(one, 1, [(one.recipients[0], Outcome("delivered"))], "250 ok", 0.1)
+        for one in (good, bad, other)
+    ]
+    first, failed, last = journal.write_all(writes)
+    assert first is None and last is None
+    assert isinstance(failed, JournalError) and "refused by the test" in str(failed)
+    for written in (good, other):
+        assert journal.get(written.delivery_id).status == "delivered"  # type: ignore[union-attr]
+    assert journal.get(bad.delivery_id) is None  # its entry went with its rows
+    assert journal.write_all([]) == []
+
+
+def test_write_all_is_one_sqlite_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)  # type: ignore[call-overload]
+        conn.set_trace_callback(lambda sql: statements.append(" ".join(sql.split()[:2])))
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    with Place("sqlite", tmp_path).open() as journal:
+        journal.entries()
+        statements.clear()
+        done = Outcome("delivered")
+        writes = [
+            Write.finish(arrival(["a@x.org"], n), 1, [("a@x.org", done)], "250", 0.1)
+            for n in range(5)
+        ]
+        assert journal.write_all(writes) == [None] * 5
+        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+        assert statements.count("INSERT INTO") == 10
 
 
 def test_a_closed_journal_refuses_calls(journal: Journal) -> None:
