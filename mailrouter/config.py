@@ -65,6 +65,7 @@ class Settings:
     lock_scope: Literal["key", "global"] = "key"
     executor_threads: int = 16
     io_threads: int = 4
+    gil_switch_interval: float = 0.005
     loop_block_warning: float = 1.0
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     workers: int = 1
@@ -263,7 +264,7 @@ def _check(name: str, value: Any, file: Path) -> Any:
         raise ConfigError(f"{where} must not be negative")
     if name in _AT_LEAST_ONE and value < 1:
         raise ConfigError(f"{where} must be at least 1")
-    if name == "dns_timeout" and value == 0:
+    if name in ("dns_timeout", "gil_switch_interval") and value == 0:
         raise ConfigError(f"{where} must be more than 0")
     return value
 

@@ -64,6 +64,8 @@ SETTING_HELP = {
     "executor_threads": "Threads that run plain (non-async) handlers.",
     "io_threads": "Threads for the server's own disk and store calls (journal, queues, spool,"
     " states), apart from the handlers' threads.",
+    "gil_switch_interval": "Seconds a thread may hold the GIL while another waits for it"
+    " (Python's 0.005; 0.001 for CPU-bound handlers, so the loop is not kept waiting).",
     "loop_block_warning": "Warn, naming the handler, when the event loop is blocked this many"
     " seconds (an async handler doing blocking work; 0: off).",
     "event_loop": "Event loop: 'auto' (uvloop when installed), 'asyncio' or 'uvloop'.",

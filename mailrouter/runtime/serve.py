@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -186,9 +187,15 @@ def run_in_process(
     supervisor: int | None = None,
     console: bool = True,
 ) -> None:
-    """``serve`` on the configured event loop: uvloop's when it is installed, unless disabled."""
-    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings, on_ready=on_ready, supervisor=supervisor, console=console))
+    """``serve`` on the configured event loop (uvloop's when it is installed, unless disabled),
+    with the process's GIL switch interval set to ``gil_switch_interval`` meanwhile."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(settings.gil_switch_interval)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings, on_ready=on_ready, supervisor=supervisor, console=console))
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def leave_hung_handlers(status: int = 0) -> None:
