@@ -8,7 +8,6 @@ client sees an enhanced status code (RFC 3463) and only printable ASCII.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ class Reply:
 
     def to(self, recipients: Iterable[str]) -> tuple[Reply, ...]:
         """This reply given to each of ``recipients``."""
-        return tuple(dataclasses.replace(self, recipient=rcpt) for rcpt in recipients)
+        return tuple(Reply(rcpt, self.code, self.text) for rcpt in recipients)
 
 
 def _reply(code: Status, text: str) -> Reply:
