@@ -609,19 +609,23 @@ def test_a_locked_sqlite_file_is_an_error_then_works(tmp_path: Path) -> None:
         assert journal.get(first.delivery_id).status == "delivered"  # type: ignore[union-attr]
 
 
-def test_a_message_is_one_read_and_one_write(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The statements SQLite runs (each row of an ``executemany`` is one execution)."""
-    statements: list[str] = []
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first two words of each statement SQLite runs from now on (each row of an
+    ``executemany`` is one execution)."""
+    ran: list[str] = []
     connect = sqlite3.connect
 
     def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
         conn = connect(*args, **kwargs)  # type: ignore[call-overload]
-        conn.set_trace_callback(lambda sql: statements.append(" ".join(sql.split()[:2])))
+        conn.set_trace_callback(lambda sql: ran.append(" ".join(sql.split()[:2])))
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", traced)
+    return ran
+
+
+def test_a_message_is_one_read_and_one_write(tmp_path: Path, statements: list[str]) -> None:
     with Place("sqlite", tmp_path).open() as journal:
         journal.entries()  # the tables
         one = arrival(["a@x.org"])
@@ -706,18 +710,7 @@ def test_write_all_makes_every_write_and_a_failing_one_fails_alone(
     assert journal.write_all([]) == []
 
 
-def test_write_all_is_one_sqlite_transaction(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    statements: list[str] = []
-    connect = sqlite3.connect
-
-    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
-        conn = connect(*args, **kwargs)  # type: ignore[call-overload]
-        conn.set_trace_callback(lambda sql: statements.append(" ".join(sql.split()[:2])))
-        return conn
-
-    monkeypatch.setattr(sqlite3, "connect", traced)
+def test_write_all_is_one_sqlite_transaction(tmp_path: Path, statements: list[str]) -> None:
     with Place("sqlite", tmp_path).open() as journal:
         journal.entries()
         statements.clear()
