@@ -23,6 +23,7 @@ from mailrouter import replies
 from mailrouter.inbound.journal_calls import JournalCalls
 from mailrouter.inbound.outcome import peer_text
 from mailrouter.journal import Arrival, Outcome, RecipientStatus, Write
+from mailrouter.journal.records import FINISH, RECORD
 from mailrouter.message import MailRequest, normalize_address
 from mailrouter.replies import Reply
 from mailrouter.routing.executor import run_blocking
@@ -97,7 +98,7 @@ class JournalLedger:
             return
         first = not self._written  # writes the entry; the next ones only their recipient's row
         await self.calls.write(
-            Write.record(self.arrival, self.number, address, record, first=first)
+            Write(RECORD, self.arrival, self.number, [(address, record)], first=first)
         )
         self._written = True
 
@@ -124,10 +125,10 @@ class JournalLedger:
                 continue
             self._recorded.add(address)
             outcomes.append((answer.recipient, _outcome(answer, result, pending, note)))
-        finish = Write.finish(
-            self.arrival, self.number, outcomes, reply, duration, first=not self._written
+        first = not self._written
+        await self.calls.write(
+            Write(FINISH, self.arrival, self.number, outcomes, reply, duration, first=first)
         )
-        await self.calls.write(finish)
 
 
 def _outcome(answer: Reply, result: DeliveryResult | None, pending: bool, note: str) -> Outcome:

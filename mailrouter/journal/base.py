@@ -33,7 +33,9 @@ from mailrouter.journal.backend import (
     quoted,
 )
 from mailrouter.journal.records import (
+    FINISH,
     MESSAGE_STATUSES,
+    RECORD,
     Arrival,
     Attempt,
     Entry,
@@ -159,7 +161,7 @@ class Journal:
         every recipient of ``arrival``; a later one (``first=False``) is the recipient's row
         alone, one statement.
         """
-        self._write(Write.record(arrival, number, recipient, outcome, at, first=first))
+        self._write(Write(RECORD, arrival, number, [(recipient, outcome)], at=at, first=first))
 
     def finish(
         self,
@@ -180,7 +182,7 @@ class Journal:
         ``first=False``: the reception wrote its entry already (a ``record``), so the reply is
         set by an UPDATE (unless a newer reception's) and only the outcomes' rows are written.
         """
-        self._write(Write.finish(arrival, number, outcomes, reply, duration, at, first=first))
+        self._write(Write(FINISH, arrival, number, outcomes, reply, duration, at, first))
 
     def write_all(self, writes: Sequence[Write]) -> list[JournalError | None]:
         """Make several ``record`` and ``finish`` writes in one transaction where the database

@@ -166,6 +166,10 @@ class Outcome:
         return self.status in DONE
 
 
+RECORD = "record an outcome"  # a Write's ``what``: one recipient's outcome (``Journal.record``)
+FINISH = "record a reply"  # the reply, with the outcomes not recorded yet (``Journal.finish``)
+
+
 @dataclass(frozen=True)
 class Write:
     """A ``Journal.record`` or ``Journal.finish`` to make (``Journal.write_all`` makes several
@@ -179,35 +183,6 @@ class Write:
     duration: float = 0.0
     at: float | None = None  # when (None: now)
     first: bool = True  # the reception's first write: it creates or updates the entry
-
-    @classmethod
-    def record(
-        cls,
-        arrival: Arrival,
-        number: int,
-        recipient: str,
-        outcome: Outcome,
-        at: float | None = None,
-        *,
-        first: bool = True,
-    ) -> Write:
-        """The write of ``Journal.record``."""
-        return cls("record an outcome", arrival, number, [(recipient, outcome)], at=at, first=first)
-
-    @classmethod
-    def finish(
-        cls,
-        arrival: Arrival,
-        number: int,
-        outcomes: Sequence[tuple[str, Outcome]],
-        reply: str,
-        duration: float,
-        at: float | None = None,
-        *,
-        first: bool = True,
-    ) -> Write:
-        """The write of ``Journal.finish``."""
-        return cls("record a reply", arrival, number, outcomes, reply, duration, at, first)
 
 
 @dataclass(frozen=True)

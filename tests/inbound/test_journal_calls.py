@@ -15,6 +15,7 @@ import pytest
 
 from mailrouter.inbound.journal_calls import JournalCalls
 from mailrouter.journal import Arrival, Journal, JournalError, Outcome, Write, open_journal
+from mailrouter.journal.records import FINISH
 
 DELIVERED = Outcome("delivered", reply="250 ok")
 
@@ -49,7 +50,7 @@ def arrival(n: int, rcpt: str = "a@x.org") -> Arrival:
 
 
 def finish(one: Arrival) -> Write:
-    return Write.finish(one, 1, [(one.recipients[0], DELIVERED)], "250 ok", 0.1)
+    return Write(FINISH, one, 1, [(one.recipients[0], DELIVERED)], "250 ok", 0.1)
 
 
 async def test_calls_of_one_pass_are_one_job(journal: Journal, executor: CountingExecutor) -> None:

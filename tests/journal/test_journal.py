@@ -38,7 +38,7 @@ from mailrouter.journal import (
     open_journal,
 )
 from mailrouter.journal import base as journal_base
-from mailrouter.journal.records import main_headers
+from mailrouter.journal.records import FINISH, main_headers
 
 WAIT = 30.0
 KINDS = ["sqlite", "postgres"]
@@ -698,7 +698,7 @@ def test_write_all_makes_every_write_and_a_failing_one_fails_alone(
         arrival([rcpt], n) for n, rcpt in enumerate(["a@x.org", "bad@x.org", "b@x.org"])
     )
     writes = [
-        Write.finish(one, 1, [(one.recipients[0], Outcome("delivered"))], "250 ok", 0.1)
+        Write(FINISH, one, 1, [(one.recipients[0], Outcome("delivered"))], "250 ok", 0.1)
         for one in (good, bad, other)
     ]
     first, failed, last = journal.write_all(writes)
@@ -716,7 +716,7 @@ def test_write_all_is_one_sqlite_transaction(tmp_path: Path, statements: list[st
         statements.clear()
         done = Outcome("delivered")
         writes = [
-            Write.finish(arrival(["a@x.org"], n), 1, [("a@x.org", done)], "250", 0.1)
+            Write(FINISH, arrival(["a@x.org"], n), 1, [("a@x.org", done)], "250", 0.1)
             for n in range(5)
         ]
         assert journal.write_all(writes) == [None] * 5
