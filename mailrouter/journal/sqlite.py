@@ -112,6 +112,8 @@ class SqliteDatabase:
     def _write(self, mine: list[_Write]) -> None:
         """Queue ``mine`` and return once a commit holding them is done (or failed: their
         ``error`` set)."""
+        if not mine:
+            return
         with self._queued:
             self._queue.extend(mine)
         with self._guard:

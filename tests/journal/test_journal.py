@@ -708,6 +708,12 @@ def test_write_all_makes_every_write_and_a_failing_one_fails_alone(
         assert journal.get(written.delivery_id).status == "delivered"  # type: ignore[union-attr]
     assert journal.get(bad.delivery_id) is None  # its entry went with its rows
     assert journal.write_all([]) == []
+    nothing = Write(FINISH, good, 1, [], "", 0.0, first=False)  # nothing left to write
+    assert journal.write_all([nothing]) == [None]
+    late = arrival(["c@x.org"], 7)
+    late_write = Write(FINISH, late, 1, [("c@x.org", Outcome("delivered"))], "250 ok", 0.1)
+    assert journal.write_all([nothing, late_write]) == [None, None]
+    assert journal.get(late.delivery_id).status == "delivered"  # type: ignore[union-attr]
 
 
 def test_write_all_is_one_sqlite_transaction(tmp_path: Path, statements: list[str]) -> None:
