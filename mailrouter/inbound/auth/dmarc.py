@@ -50,8 +50,10 @@ def record_question(domain: str) -> Question:
     return question(f"_dmarc.{domain}", "TXT")
 
 
-def from_domain(from_headers: Sequence[str]) -> str | None:
-    """The domain of the one From: address, or None when there is not exactly one."""
+@functools.lru_cache(maxsize=4096)
+def from_domain(from_headers: tuple[str, ...]) -> str | None:
+    """The domain of the one From: address, or None when there is not exactly one (kept: a
+    sender's From: comes again and again)."""
     if len(from_headers) != 1:
         return None
     addresses = [address for _, address in email.utils.getaddresses(from_headers) if address]

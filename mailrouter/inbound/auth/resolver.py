@@ -81,7 +81,7 @@ class Resolver:
         found: Answers = {}
         missing = []
         for key in dict.fromkeys(questions):
-            cached = self._cached(key)
+            cached = self.cached(key)
             if cached is None:
                 missing.append(key)
             else:
@@ -94,7 +94,7 @@ class Resolver:
     async def query(self, name: str, rdtype: str) -> Answer:
         """The ``rdtype`` records of ``name`` (CNAMEs followed)."""
         key = question(name, rdtype)
-        cached = self._cached(key)
+        cached = self.cached(key)
         if cached is not None:
             return cached
         lookup = self._pending.get(key)
@@ -103,7 +103,8 @@ class Resolver:
             lookup.add_done_callback(lambda _: self._pending.pop(key, None))
         return await asyncio.shield(lookup)
 
-    def _cached(self, key: Question) -> Answer | None:
+    def cached(self, key: Question) -> Answer | None:
+        """The answer to ``key`` while it is kept, else None; asks nothing."""
         cached = self._cache.get(key)
         if cached is None:
             return None

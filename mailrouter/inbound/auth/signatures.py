@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import dkim
@@ -24,12 +23,9 @@ from dkim.util import parse_tag_value
 
 from mailrouter.inbound.auth.resolver import Answer, Answers, Question, question
 from mailrouter.inbound.auth.results import ARCResult, DKIMResult, ResultWord
-from mailrouter.message import header_section
 
 log = logging.getLogger(__name__)
 
-_SIGNATURE = re.compile(rb"(?im)^dkim-signature[ \t]*:")
-_ARC_SEAL = re.compile(rb"(?im)^arc-seal[ \t]*:")
 _ARC_SIGNERS = (b"arc-seal", b"arc-message-signature")
 
 
@@ -114,10 +110,11 @@ class DKIMCheck:
     """The DKIM-Signature headers of a message: the keys they need (``questions``), then one
     result per signature, top to bottom, once the answers are in."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, names: Collection[str]) -> None:
+        """The signatures of ``data``, whose header fields are ``names`` (in lower case)."""
         self.signatures: list[tuple[dict[bytes, bytes], bytes] | DKIMResult] = []
         self.verifier: _DKIM | None = None
-        if not _SIGNATURE.search(header_section(data)):
+        if "dkim-signature" not in names:
             return  # unsigned: dkimpy need not parse it
         try:
             self.verifier = _DKIM(data, logger=_DKIMPY_LOG)
@@ -177,12 +174,13 @@ class ARCCheck:
     """The ARC sets of a message: the keys they need (``questions``), then the chain's
     result once the answers are in."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, names: Collection[str]) -> None:
+        """The ARC sets of ``data``, whose header fields are ``names`` (in lower case)."""
         self.arc: _ARC | None = None
         self.instances = 0
         self.names: list[bytes] = []
         self.problem = ""
-        if not _ARC_SEAL.search(header_section(data)):
+        if "arc-seal" not in names:
             return
         try:
             self.arc = _ARC(data, logger=_DKIMPY_LOG)

@@ -4,7 +4,9 @@ pyspf looks names up with blocking calls as it evaluates a record. Here its ``qu
 from the answers gathered so far and, for a question not asked yet, stops the evaluation; the
 question is then asked asynchronously and the evaluation run again from the start. Evaluating
 is microseconds of work and a record needs at most a few dozen questions (RFC 7208 4.6.4), so
-the event loop never waits on DNS and pyspf stays unchanged.
+the event loop never waits on DNS and pyspf stays unchanged. A result is kept, and given again
+for the same client, MAIL FROM and HELO, while every answer it was made from is still the
+resolver's: what pyspf would find again, without evaluating again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mailrouter.inbound.auth.resolver import Answer, Answers, Question, Resolver
 from mailrouter.inbound.auth.results import RESULT_WORDS, ResultWord, SPFResult
 
 MAX_QUESTIONS = 120  # 10 lookups, each MX with 10 names, and the void and PTR lookups
+KEPT_RESULTS = 10_000  # (client, MAIL FROM, HELO) whose results are kept
 
 
 class _Unasked(Exception):
@@ -33,6 +36,7 @@ class _Query(pyspf.query):  # type: ignore[misc]  # pyspf has no type hints
 
     def __init__(self, answers: dict[Question, Answer], **kwargs: Any) -> None:
         self.answers = answers
+        self.used: dict[Question, Answer] = {}  # what the evaluation read
         super().__init__(**kwargs)
 
     def dns(
@@ -44,6 +48,7 @@ class _Query(pyspf.query):  # type: ignore[misc]  # pyspf has no type hints
         answer = self.answers.get((name, qtype))
         if answer is None:
             raise _Unasked((name, qtype))
+        self.used[name, qtype] = answer
         if answer.failure:
             raise pyspf.TempError(f"{answer.failure} for {name} {qtype}")
         records = [_record(qtype, record) for record in answer.records]
@@ -70,31 +75,54 @@ def checked_domain(mail_from: str, helo: str) -> str:
     return (mail_from.rpartition("@")[2] if mail_from else helo).rstrip(".").lower()
 
 
-async def check_spf(
-    resolver: Resolver, ip: str | None, mail_from: str, helo: str, known: Answers | None = None
-) -> SPFResult:
-    """SPF for the MAIL FROM domain from client address ``ip``, or for ``helo`` when MAIL FROM is
-    the null sender; ``known`` answers (the domain's TXT records, say) are not asked again."""
-    scope: Any = "mailfrom" if mail_from else "helo"
-    identity = mail_from or helo
-    domain = checked_domain(mail_from, helo)
-    if ip is None:
-        return SPFResult("none", "no client IP address", domain, identity, scope)
-    if not domain:
-        return SPFResult("none", "no domain to check", domain, identity, scope)
-    answers: dict[Question, Answer] = dict(known or {})
-    for _ in range(MAX_QUESTIONS):
-        query = _Query(answers, i=ip, s=mail_from, h=helo, querytime=0)
-        try:
-            word, _code, explanation = query.check()
-        except _Unasked as unasked:
-            answers[unasked.question] = await resolver.query(*unasked.question)
-            continue
-        except (ValueError, UnicodeError) as exc:  # an address or name pyspf cannot take
-            return SPFResult("permerror", str(exc), domain, identity, scope)
-        result = cast(ResultWord, word if word in RESULT_WORDS else "permerror")
-        return SPFResult(result, str(explanation), domain, identity, scope)
-    return SPFResult("permerror", "too many DNS lookups", domain, identity, scope)
+class SPFChecker:
+    """SPF checks with ``resolver``'s answers, each result kept while they are."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        self._kept: dict[tuple[str, str, str], tuple[SPFResult, dict[Question, Answer]]] = {}
+
+    async def check(
+        self, ip: str | None, mail_from: str, helo: str, known: Answers | None = None
+    ) -> SPFResult:
+        """SPF for the MAIL FROM domain from client address ``ip``, or for ``helo`` when MAIL
+        FROM is the null sender; ``known`` answers (the domain's TXT records, say) are not asked
+        again."""
+        scope: Any = "mailfrom" if mail_from else "helo"
+        identity = mail_from or helo
+        domain = checked_domain(mail_from, helo)
+        if ip is None:
+            return SPFResult("none", "no client IP address", domain, identity, scope)
+        if not domain:
+            return SPFResult("none", "no domain to check", domain, identity, scope)
+        key = (ip, mail_from, helo)
+        kept = self._kept.get(key)
+        if kept is not None and all(
+            self.resolver.cached(question) is answer for question, answer in kept[1].items()
+        ):
+            return kept[0]
+        answers: dict[Question, Answer] = dict(known or {})
+        for _ in range(MAX_QUESTIONS):
+            query = _Query(answers, i=ip, s=mail_from, h=helo, querytime=0)
+            try:
+                word, _code, explanation = query.check()
+            except _Unasked as unasked:
+                answers[unasked.question] = await self.resolver.query(*unasked.question)
+                continue
+            except (ValueError, UnicodeError) as exc:  # an address or name pyspf cannot take
+                return SPFResult("permerror", str(exc), domain, identity, scope)
+            word = cast(ResultWord, word if word in RESULT_WORDS else "permerror")
+            result = SPFResult(word, str(explanation), domain, identity, scope)
+            return self._keep(key, result, query.used)
+        return SPFResult("permerror", "too many DNS lookups", domain, identity, scope)
+
+    def _keep(
+        self, key: tuple[str, str, str], result: SPFResult, used: dict[Question, Answer]
+    ) -> SPFResult:
+        if len(self._kept) >= KEPT_RESULTS:
+            del self._kept[next(iter(self._kept))]  # the oldest
+        self._kept[key] = (result, used)
+        return result
 
 
 def client_ip(peer: object) -> str | None:

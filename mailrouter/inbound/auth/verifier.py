@@ -25,7 +25,7 @@ from mailrouter.inbound.auth.results import (
     SPFResult,
 )
 from mailrouter.inbound.auth.signatures import ARCCheck, DKIMCheck
-from mailrouter.inbound.auth.spf import check_spf, checked_domain, client_ip
+from mailrouter.inbound.auth.spf import SPFChecker, checked_domain, client_ip
 from mailrouter.inbound.auth.trusted import trusted_results
 from mailrouter.message import MailRequest, header_section
 
@@ -44,6 +44,7 @@ class Verifier:
         self, resolver: Resolver, trusted: Collection[str] = (), time_limit: float = 10.0
     ) -> None:
         self.resolver = resolver
+        self.spf = SPFChecker(resolver)
         self.trusted = frozenset(name.lower() for name in trusted)
         self.time_limit = time_limit
         dmarc.organizational_domain("example.com")  # load the suffix list now, not on mail
@@ -84,14 +85,15 @@ class Verifier:
         the DMARC record), then the checks, which ask what else they need."""
         from_domain = dmarc.from_domain(_values(header, "from"))
         ip, spf_domain = client_ip(message.peer), checked_domain(message.sender, helo)
-        signatures, arc = DKIMCheck(message.data), ARCCheck(message.data)
+        names = {name.lower() for name, _ in header}
+        signatures, arc = DKIMCheck(message.data, names), ARCCheck(message.data, names)
         questions = signatures.questions + arc.questions
         if from_domain is not None:
             questions.append(dmarc.record_question(from_domain))
         if ip is not None and spf_domain:
             questions.append(question(spf_domain, "TXT"))
         known = await self.resolver.answers(questions)
-        spf = await check_spf(self.resolver, ip, message.sender, helo, known)
+        spf = await self.spf.check(ip, message.sender, helo, known)
         dkim = signatures.results(known)
         published = await dmarc.find_record(self.resolver, from_domain, known)
         return AuthResults(
@@ -108,5 +110,5 @@ def header_fields(data: bytes) -> list[tuple[str, str]]:
     ]
 
 
-def _values(fields: list[tuple[str, str]], name: str) -> list[str]:
-    return [value for field, value in fields if field.lower() == name]
+def _values(fields: list[tuple[str, str]], name: str) -> tuple[str, ...]:
+    return tuple(value for field, value in fields if field.lower() == name)

@@ -3,6 +3,8 @@ zone each test writes, keys are made per run, messages are signed by dkimpy."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from conftest import arc_seal, message, publish, sign
 from dnszone import Zone, silent_port
@@ -265,6 +267,22 @@ async def test_answers_and_absences_are_cached_for_their_ttl(
     assert asked >= 3  # SPF, the key, _dmarc.x.org (none: cached by the SOA's TTL)
     assert await verify(verifier, data) == first
     assert len(zone.questions) == asked
+
+
+async def test_an_spf_result_is_kept_while_the_answers_it_was_made_from_are(
+    zone: Zone, verifier: Verifier
+) -> None:
+    zone.spf("x.org", "v=spf1 include:_spf.mailhost.example -all")
+    zone.txt("_spf.mailhost.example", "v=spf1 ip4:127.0.0.1 -all", ttl=1)
+    first = await verify(verifier, message())
+    assert first.spf.result == "pass"
+    assert (await verify(verifier, message())).spf is first.spf  # kept, not evaluated again
+    other = await verify(verifier, message(), sender="ann@x.org")
+    assert other.spf.identity == "ann@x.org"  # another MAIL FROM: a result of its own
+    del zone.records["_spf.mailhost.example."]
+    zone.txt("_spf.mailhost.example", "v=spf1 -all", ttl=1)
+    await asyncio.sleep(1.2)  # the include's answer expires: so does the result
+    assert (await verify(verifier, message())).spf.result == "fail"
 
 
 async def test_a_failed_question_is_not_asked_again_at_once(zone: Zone, verifier: Verifier) -> None:
