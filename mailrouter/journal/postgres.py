@@ -4,7 +4,8 @@ Needs the ``mailrouter[postgres]`` extra (psycopg 3 and psycopg_pool). The table
 ``journal.base``) are created on first use; every write is an upsert (``INSERT ... ON
 CONFLICT``), so instances sharing the database see each other's receptions and done marks.
 ``begin`` is one round trip (a SELECT, no transaction), so is a reception's later ``record``
-(one statement that commits on its own); its first write and ``finish`` are one transaction.
+(one statement that commits on its own); its first write and ``finish`` are one transaction,
+and the writes the server queues in one pass of its event loop share one (``run_all``).
 
 URL options: ``table`` (``mailrouter_journal``; the recipients' table is ``<table>_recipients``),
 ``timeout`` (5 s to get a connection; also the default ``connect_timeout``), ``pool_size`` (4);
@@ -86,15 +87,38 @@ class PostgresDatabase:
         raise AssertionError("unreachable")
 
     def run_all(self, works: Sequence[Work]) -> list[JournalError | None]:
-        """Several writes, each in its own transaction (one round trip or two each)."""
-        errors: list[JournalError | None] = []
-        for work in works:
-            try:
-                self.run(work.what, work.run, write=True, atomic=work.atomic)
-            except JournalError as exc:
-                errors.append(exc)
-            else:
-                errors.append(None)
+        """Several writes in one transaction, one commit for them all. A write the server
+        refuses undoes the batch, which then runs again with each write in a savepoint of its
+        own, so that it fails alone; a failure of the connection is every write's."""
+        if not works:
+            return []
+        errors: list[JournalError | None] = [None] * len(works)
+
+        def together(cur: Cursor) -> None:
+            for work in works:
+                work.run(cur)
+
+        def each_alone(cur: Cursor) -> None:
+            for index, work in enumerate(works):
+                cur.execute("SAVEPOINT one", ())
+                try:
+                    work.run(cur)
+                except psycopg.Error as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT one", ())
+                    errors[index] = JournalError(f"journal {self.shown}: cannot {work.what}: {exc}")
+                cur.execute("RELEASE SAVEPOINT one", ())
+
+        try:
+            self.run("write", together, write=True, atomic=True)
+            return errors
+        except JournalError as exc:
+            refused = isinstance(exc.__cause__, psycopg.Error) and exc.__cause__.sqlstate
+            if len(works) == 1 or not refused:  # nothing to tell apart, or no server to ask
+                return [exc] * len(works)
+        try:
+            self.run("write", each_alone, write=True, atomic=True)
+        except JournalError as exc:
+            return [exc] * len(works)
         return errors
 
     def close(self) -> None:

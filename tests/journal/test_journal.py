@@ -730,6 +730,19 @@ def test_write_all_is_one_sqlite_transaction(tmp_path: Path, statements: list[st
         assert statements.count("INSERT INTO") == 10
 
 
+def test_write_all_is_one_postgres_transaction(postgres: Place) -> None:
+    with postgres.open() as journal:
+        done = Outcome("delivered")
+        writes = [
+            Write(FINISH, arrival(["a@x.org"], n), 1, [("a@x.org", done)], "250", 0.1)
+            for n in range(5)
+        ]
+        assert journal.write_all(writes) == [None] * 5
+    with psycopg.connect(SERVERS["postgres"], autocommit=True) as conn:
+        rows = conn.execute(f'SELECT xmin::text FROM "{postgres.table}"').fetchall()
+    assert len(rows) == 5 and len(set(rows)) == 1  # one transaction wrote them all
+
+
 def test_a_closed_journal_refuses_calls(journal: Journal) -> None:
     journal.close()
     journal.close()
