@@ -777,6 +777,12 @@ def test_postgres_down_is_a_journal_error_then_it_works_again(
         ):
             with pytest.raises(JournalError, match="cannot"):
                 call()
+        done = [("b@x.org", Outcome("delivered"))]
+        batch = [
+            Write(FINISH, first, 2, done, "250", 0.1),
+            Write(FINISH, arrival([]), 1, [], "", 0),
+        ]
+        assert all(isinstance(error, JournalError) for error in journal.write_all(batch))
         proxy.start()
         deadline = time.monotonic() + WAIT
         while True:  # the first calls may fail while the pool reconnects
