@@ -2,7 +2,9 @@
 
 Standard library only. The file is in WAL mode with ``synchronous=FULL`` (a state survives a
 power cut once ``set`` returns) and a busy timeout, so writers of several processes queue instead
-of failing. Each store keeps one connection, used by one thread at a time. Schema::
+of failing. Each store keeps one writing connection, used by one thread at a time, and reads on
+connections of their own, so that a read never waits for this process's fsync'd write (in WAL
+mode readers and the writer do not block each other). Schema::
 
     mailrouter_state (key TEXT, sender TEXT, state TEXT NOT NULL, PRIMARY KEY (key, sender))
 
@@ -25,6 +27,7 @@ URL options: ``lock_wait`` (60 s: waiting longer raises ``StoreError``), ``busy_
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -155,6 +158,7 @@ class SqliteStorage(SharedStore[tuple[_LockFile, int]]):
         self._guard = threading.Lock()
         self._busy_timeout = busy_timeout
         self._conn = None if readonly else self._open()
+        self._readers: list[sqlite3.Connection] = []  # idle reading connections
         self._lock_file: _LockFile | None = None
         if not readonly:
             try:
@@ -163,9 +167,10 @@ class SqliteStorage(SharedStore[tuple[_LockFile, int]]):
                 self.close()
                 raise StoreError(f"cannot open state store {self._shown}: {exc}") from exc
 
-    def _open(self) -> sqlite3.Connection | None:
-        """Connect (read-only: once the file exists; creates nothing) and set a writer up."""
-        if self.readonly and not self.path.exists():
+    def _open(self, *, reader: bool = False) -> sqlite3.Connection | None:
+        """Connect (a read-only store or a reader: once the file exists; creates nothing) and
+        set the writer up."""
+        if (self.readonly or reader) and not self.path.exists():
             return None
         conn: sqlite3.Connection | None = None
         try:
@@ -174,7 +179,7 @@ class SqliteStorage(SharedStore[tuple[_LockFile, int]]):
             conn = sqlite3.connect(
                 self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
             )
-            if not self.readonly:
+            if not (self.readonly or reader):
                 self._set_up(conn)
         except (OSError, sqlite3.Error) as exc:
             if conn is not None:
@@ -203,32 +208,50 @@ class SqliteStorage(SharedStore[tuple[_LockFile, int]]):
             raise StoreError(f"state store URL {url!r} names no file, e.g. sqlite:///var/state.db")
         return cls(path, readonly=readonly, **parsed.keywords(options))
 
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], int]:
-        """Run one statement (its own transaction): its rows and how many rows it changed.
-
-        The rows are all fetched at once, so no statement stays open: an open one would keep a
-        read transaction that makes this connection's next write fail at once with "database is
-        locked" when another process wrote meanwhile. A read-only store without file: no rows.
-        """
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        """Run one writing statement (its own transaction) on the writing connection."""
         with self._guard:
             self._check_open()
-            if self._conn is None:  # a read-only store whose file did not exist yet
-                self._conn = self._open()
-                if self._conn is None:
-                    return [], 0
+            assert self._conn is not None  # a writable store is connected until closed
             try:
-                cursor = self._conn.execute(sql, params)
-                return cursor.fetchall(), cursor.rowcount
-            except sqlite3.OperationalError as exc:
-                if self.readonly and "no such table" in str(exc):
-                    return [], 0
-                raise StoreError(f"state store {self._shown}: {exc}") from exc
+                self._conn.execute(sql, params)
             except sqlite3.Error as exc:
                 raise StoreError(f"state store {self._shown}: {exc}") from exc
 
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one query, on an idle reading connection (a new one if none is idle).
+
+        The rows are all fetched at once, so no statement stays open, nor its read
+        transaction. A read-only store without file, or without table yet: no rows.
+        """
+        self._check_open()
+        try:
+            conn: sqlite3.Connection | None = self._readers.pop()
+        except IndexError:
+            conn = self._open(reader=True)
+        if conn is None:
+            return []
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if self.readonly and "no such table" in str(exc):
+                return []
+            raise StoreError(f"state store {self._shown}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store {self._shown}: {exc}") from exc
+        finally:
+            self._readers.append(conn)
+            if self._closing.is_set():  # closed meanwhile
+                self._close_readers()
+
+    def _close_readers(self) -> None:
+        while self._readers:
+            with contextlib.suppress(IndexError):
+                self._readers.pop().close()
+
     def get(self, key: str, sender: str) -> str:
         """The state of ``sender`` under ``key``, or ``START``."""
-        rows, _ = self._execute(
+        rows = self._read(
             "SELECT state FROM mailrouter_state WHERE key = ? AND sender = ?",
             (to_text(key), to_text(sender)),
         )
@@ -251,7 +274,7 @@ class SqliteStorage(SharedStore[tuple[_LockFile, int]]):
 
     def items(self) -> list[tuple[str, str, str]]:
         """Every stored ``(key, sender, state)``, read in one statement."""
-        rows, _ = self._execute("SELECT key, sender, state FROM mailrouter_state")
+        rows = self._read("SELECT key, sender, state FROM mailrouter_state")
         return [
             (from_text(key), from_text(sender), from_text(state)) for key, sender, state in rows
         ]
@@ -294,5 +317,6 @@ class SqliteStorage(SharedStore[tuple[_LockFile, int]]):
             lock_file, self._lock_file = self._lock_file, None
         if conn is not None:
             conn.close()
+        self._close_readers()
         if lock_file is not None:
             lock_file.detach()

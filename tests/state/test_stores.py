@@ -683,6 +683,25 @@ def test_sqlite_file_layout(tmp_path: Path) -> None:
         assert posix_locks(lock_path) == []
 
 
+def test_sqlite_reads_do_not_wait_for_a_write_of_the_same_store(tmp_path: Path) -> None:
+    store = SqliteStorage(tmp_path / "state.db", busy_timeout=30)
+    store.set("k", "joe@x.org", "POSTING")
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write: this store's next one waits
+    writing = threading.Thread(target=store.set, args=("k", "ann@x.org", "POSTING"))
+    writing.start()
+    try:
+        wait_for(lambda: store._guard.locked(), message="the write never started")
+        assert store.get("k", "joe@x.org") == "POSTING"  # read while the write waits
+        assert writing.is_alive()
+    finally:
+        other.execute("ROLLBACK")
+        writing.join()
+        other.close()
+    assert store.get("k", "ann@x.org") == "POSTING"
+    store.close()
+
+
 def test_sqlite_concurrent_first_open(tmp_path: Path) -> None:
     """Workers starting together on a new file all set it up (WAL mode, tables): none fails."""
     for attempt in range(3):
