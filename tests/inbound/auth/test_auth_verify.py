@@ -12,7 +12,7 @@ from dnszone import Zone, silent_port
 from mailrouter import MailRequest
 from mailrouter.inbound.auth import AuthResults
 from mailrouter.inbound.auth.resolver import Resolver
-from mailrouter.inbound.auth.verifier import Verifier
+from mailrouter.inbound.auth.verifier import THREAD_SIZE, Verifier
 
 V4 = ("127.0.0.1", 40000)
 V6 = ("::1", 40000, 0, 0)
@@ -251,6 +251,34 @@ async def test_an_arc_chain_from_a_forwarder_passes_and_a_broken_one_fails(
     broken = await verify(verifier, sealed.replace(b"Subject: Hello", b"Subject: Changed"))
     assert broken.arc.result == "fail"
     assert (await verify(verifier, original)).arc.result == "none"
+
+
+async def test_a_big_signed_message_is_verified_while_the_loop_serves(
+    zone: Zone, verifier: Verifier, rsa_pem: bytes
+) -> None:
+    publish(zone, "sel", "x.org", rsa_pem)
+    small = sign(message(), "x.org", "sel", rsa_pem)
+    line = "A line of a long message.\r\n"
+    big = sign(message(body=line * (4 * THREAD_SIZE // len(line))), "x.org", "sel", rsa_pem)
+    await verify(verifier, big)  # the answers are cached now: no DNS question below waits
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    try:
+        before = ticks
+        assert (await verify(verifier, small)).dkim[0].result == "pass"
+        assert ticks == before  # a small message: on the loop, nothing to wait for
+        assert (await verify(verifier, big)).dkim[0].result == "pass"
+        assert ticks > before  # a big one: in a thread, while the loop ran the ticker
+    finally:
+        ticker.cancel()
 
 
 # -- the resolver -----------------------------------------------------------------------------
