@@ -64,6 +64,17 @@ async def test_idle_client_is_dropped_with_421(tmp_path: Path, app: str) -> None
         await client.close()
 
 
+async def test_the_idle_timeout_counts_from_the_last_command(tmp_path: Path, app: str) -> None:
+    async with running(tmp_path, app, idle_timeout=1.0) as server:
+        client = await Client.greeted(server.port)
+        for _ in range(25):  # 2.5 s of commands, each well within the timeout
+            assert (await client.command("NOOP")).startswith("250")
+            await asyncio.sleep(0.1)
+        assert (await client.reply()).startswith("421 4.4.2")  # then quiet: dropped
+        assert await client.closed()
+        await client.close()
+
+
 async def test_slowloris_is_dropped_by_the_session_limit(tmp_path: Path, app: str) -> None:
     async with running(tmp_path, app, session_timeout=1.0) as server:
         client = await Client.greeted(server.port, "EHLO slow.example")
