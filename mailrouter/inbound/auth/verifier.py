@@ -42,7 +42,7 @@ _LINE_END = re.compile(rb"\r?\n")
 
 TIME_LIMIT = 5  # dns_timeouts that all the checks of one message may take together
 # bytes over which a message's signatures are parsed and verified in a thread: dkimpy takes
-# about 8 ms per 64 KiB (90 for 1 MiB), which would all be the event loop's standstill
+# 4-8 ms per 64 KiB (60-120 for 1 MiB), which would all be the event loop's standstill
 THREAD_SIZE = 64 * 1024
 
 
